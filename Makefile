@@ -1,0 +1,40 @@
+# Two commands on a fresh machine with Python 3.11: `make run` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+ADDR ?= 127.0.0.1:8000
+
+.PHONY: run test install migrate seed lint bench-match clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt | $(BIN)/activate
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+migrate: install
+	$(BIN)/python manage.py migrate --noinput
+
+seed: migrate
+	$(BIN)/python manage.py seed_demo --key-file var/demo-api-keys.txt
+
+# Web server, a real Celery worker and the scheduler, on SQLite by default.
+run: seed
+	$(BIN)/python manage.py runexchange --addr $(ADDR)
+
+# The whole suite. Set DATABASE_URL/REDIS_URL to run the PostgreSQL/Redis/worker tests too.
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+
+bench-match: install
+	$(BIN)/python bench/match.py
+
+clean:
+	rm -rf $(VENV) var db.sqlite3* staticfiles

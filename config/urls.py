@@ -1,0 +1,14 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("api/v1/", include(("marketplace.api.urls", "api"), namespace="api")),
+    path("", include(("marketplace.web.urls", "web"), namespace="web")),
+]
+
+handler404 = "marketplace.api.errors.handler404"
+handler500 = "marketplace.api.errors.handler500"

@@ -1,0 +1,101 @@
+"""The one error shape: {"error": {"code", "message", "fields"}} with the right 4xx status."""
+
+from __future__ import annotations
+
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, JsonResponse
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from marketplace.services import ServiceError
+
+_CODES = {
+    400: "bad_request",
+    401: "not_authenticated",
+    403: "permission_denied",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+    429: "throttled",
+}
+
+
+def error_body(code: str, message: str, fields: dict | None = None) -> dict:
+    return {"error": {"code": code, "message": message, "fields": fields or {}}}
+
+
+def _flatten(detail) -> dict:
+    """DRF's nested field errors as {"field": ["message", ...]} (nested fields dotted)."""
+    out: dict[str, list[str]] = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        elif isinstance(value, list):
+            if all(not isinstance(v, (dict, list)) for v in value):
+                out.setdefault(prefix or "non_field_errors", []).extend(str(v) for v in value)
+            else:
+                for i, v in enumerate(value):
+                    walk(f"{prefix}.{i}" if prefix else str(i), v)
+        else:
+            out.setdefault(prefix or "non_field_errors", []).append(str(value))
+
+    walk("", detail)
+    return out
+
+
+def exception_handler(exc, context):
+    if isinstance(exc, ServiceError):
+        fields = {exc.field: [exc.message]} if exc.field else {}
+        return Response(error_body(exc.code, exc.message, fields), status=exc.status)
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, PermissionDenied):
+        exc = exceptions.PermissionDenied()
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    code = _CODES.get(response.status_code, "error")
+    if isinstance(exc, exceptions.ValidationError):
+        fields = _flatten(exc.detail)
+        first = next(iter(fields.items()), None)
+        message = "The request has invalid fields." if first is None else f"{first[0]}: {first[1][0]}"
+        if list(fields) == ["non_field_errors"]:
+            message = fields["non_field_errors"][0]
+        response.data = error_body("validation_error", message, {k: v for k, v in fields.items() if k != "non_field_errors"} or fields)
+        return response
+    detail = getattr(exc, "detail", str(exc))
+    if isinstance(detail, (dict, list)):
+        message, fields = "The request was refused.", _flatten(detail)
+    else:
+        message, fields = str(detail), {}
+    if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
+        message = f"Too many requests; retry in {int(exc.wait) + 1} seconds."
+    response.data = error_body(code, message, fields)
+    return response
+
+
+def json_error(request, status_code: int, code: str, message: str) -> JsonResponse:
+    return JsonResponse(error_body(code, message), status=status_code)
+
+
+def handler404(request, exception=None):
+    """JSON in the one error shape under /api/, Django's page elsewhere."""
+    if request.path.startswith("/api/"):
+        return json_error(request, status.HTTP_404_NOT_FOUND, "not_found", "No such endpoint or object.")
+    from django.views.defaults import page_not_found
+
+    return page_not_found(request, exception)
+
+
+def handler500(request):
+    if request.path.startswith("/api/"):
+        return json_error(request, 500, "server_error", "The exchange hit an unexpected error; nothing was changed.")
+    from django.views.defaults import server_error
+
+    return server_error(request)

@@ -1,0 +1,9 @@
+from celery import shared_task
+
+from . import services
+
+
+@shared_task(ignore_result=True)
+def roll_instruments() -> dict:
+    report = services.instruments_roll()
+    return {"created": report.created, "closed": report.closed, "expired_orders": report.expired_orders}

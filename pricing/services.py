@@ -1,0 +1,280 @@
+"""The database-backed matcher: lock an instrument, load its book, run the engine, write.
+
+One batch is one transaction: the pending orders (in sequence order, up to
+settings.MATCH_BATCH_SIZE) are matched against the resting book, and trades, order changes,
+escrow releases and top-of-book are written in bulk. Any number of workers may call
+instrument_match at once: the InstrumentBook row lock serializes them per instrument, and an
+order is pending exactly until the batch that processed it commits, so nothing is matched twice
+and a crash mid-batch leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from marketplace.models import (
+    LIVE_STATUSES,
+    Hardware,
+    Instrument,
+    InstrumentBook,
+    Order,
+    OrderStatus,
+    Trade,
+    check_transition,
+)
+from metering import money
+from metering.ledger import ledger_account_ids, ledger_post
+from metering.models import LedgerAccount, LedgerTransaction
+
+from . import engine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MatchReport:
+    instrument_id: int
+    processed: int = 0
+    trades: int = 0
+    batches: int = 0
+    more_pending: bool = False
+
+
+def fee_bps(*, maker: bool) -> int:
+    return settings.MAKER_FEE_BPS if maker else settings.TAKER_FEE_BPS
+
+
+def max_fee_bps() -> int:
+    return max(settings.MAKER_FEE_BPS, settings.TAKER_FEE_BPS)
+
+
+def instrument_match(*, instrument_id: int, max_batches: int = 50) -> MatchReport:
+    """Match everything pending on one instrument, one transaction per batch."""
+    report = MatchReport(instrument_id)
+    for _ in range(max_batches):
+        with transaction.atomic():
+            book_row = InstrumentBook.objects.select_for_update().get(pk=instrument_id)
+            processed, trades = match_locked(book_row=book_row)
+        if processed == 0:
+            return report
+        report.processed += processed
+        report.trades += trades
+        report.batches += 1
+    report.more_pending = Order.objects.filter(instrument_id=instrument_id, pending_match=True).exists()
+    return report
+
+
+def _hardware_codes() -> dict[int, str]:
+    return dict(Hardware.objects.values_list("id", "code"))
+
+
+def _book_order(row: dict, hw: dict[int, str]) -> engine.BookOrder:
+    return engine.BookOrder(
+        id=row["id"],
+        seq=row["sequence"],
+        account_id=row["account_id"],
+        side=row["side"],
+        price=row["price"],
+        remaining=row["quantity"] - row["filled_quantity"],
+        tif=row["time_in_force"],
+        hardware=hw[row["hardware_id"]] if row["hardware_id"] else None,
+        allowed=frozenset(row["allowed_hardware"] or ()),
+    )
+
+
+_ORDER_FIELDS = (
+    "id",
+    "sequence",
+    "account_id",
+    "side",
+    "price",
+    "quantity",
+    "filled_quantity",
+    "time_in_force",
+    "hardware_id",
+    "allowed_hardware",
+    "status",
+    "reserve_per_lot",
+)
+
+
+def match_locked(*, book_row: InstrumentBook, batch_size: int | None = None) -> tuple[int, int]:
+    """Run one batch. The caller holds SELECT FOR UPDATE on `book_row` inside a transaction.
+
+    Returns (orders processed, trades written).
+    """
+    instrument = Instrument.objects.get(pk=book_row.instrument_id)
+    now = timezone.now()
+    if instrument.status != Instrument.Status.OPEN or now >= instrument.delivery_end:
+        return 0, 0
+    batch_size = batch_size or settings.MATCH_BATCH_SIZE
+    pending = list(
+        Order.objects.filter(instrument_id=instrument.id, pending_match=True)
+        .order_by("sequence")
+        .values(*_ORDER_FIELDS)[:batch_size]
+    )
+    if not pending:
+        return 0, 0
+    hw = _hardware_codes()
+    hw_ids = {code: pk for pk, code in hw.items()}
+    resting_rows = list(
+        Order.objects.filter(instrument_id=instrument.id, pending_match=False, status__in=LIVE_STATUSES).values(
+            *_ORDER_FIELDS
+        )
+    )
+    rows_by_id = {r["id"]: r for r in resting_rows}
+    rows_by_id.update({r["id"]: r for r in pending})
+    book = engine.OrderBook(_book_order(r, hw) for r in resting_rows)
+
+    results = [book.submit(_book_order(r, hw)) for r in pending]
+    return len(pending), _write_batch(
+        instrument=instrument, book_row=book_row, book=book, results=results, rows_by_id=rows_by_id, now=now
+    )
+
+
+def _write_batch(
+    *,
+    instrument: Instrument,
+    book_row: InstrumentBook,
+    book: engine.OrderBook,
+    results: list[engine.Result],
+    rows_by_id: dict[int, dict],
+    now: dt.datetime,
+) -> int:
+    hw_ids = {code: pk for pk, code in _hardware_codes().items()}
+    lot = instrument.lot_size
+    trades: list[Trade] = []
+    filled_by: dict[int, int] = defaultdict(int)
+    final: dict[int, tuple[str, str]] = {}  # order id -> (status, reason) for takers
+    release: dict[int, Decimal] = defaultdict(Decimal)  # buyer Account id -> escrow to release
+    match_seq = book_row.last_trade_sequence
+
+    for res in results:
+        taker = res.order
+        for f in res.fills:
+            match_seq += 1
+            buyer_is_maker = f.aggressor == engine.SELL
+            buyer_bps = fee_bps(maker=buyer_is_maker)
+            seller_bps = fee_bps(maker=not buyer_is_maker)
+            escrow = money.contract_escrow(quantity=f.quantity, price=f.price, fee_bps=buyer_bps)
+            buy_row = rows_by_id[f.buy_id]
+            release[f.buyer_account_id] += (f.quantity // lot) * buy_row["reserve_per_lot"] - escrow
+            filled_by[f.maker_id] += f.quantity
+            filled_by[f.taker_id] += f.quantity
+            trades.append(
+                Trade(
+                    instrument_id=instrument.id,
+                    buy_order_id=f.buy_id,
+                    sell_order_id=f.sell_id,
+                    buyer_id=f.buyer_account_id,
+                    seller_id=f.seller_account_id,
+                    hardware_id=hw_ids[f.hardware],
+                    quantity=f.quantity,
+                    price=f.price,
+                    aggressor_side=f.aggressor,
+                    match_sequence=match_seq,
+                    buyer_fee_bps=buyer_bps,
+                    seller_fee_bps=seller_bps,
+                    buyer_escrow=escrow,
+                    executed_at=now,
+                )
+            )
+        if res.outcome in (engine.CANCELLED, engine.REJECTED):
+            final[taker.id] = (
+                OrderStatus.REJECTED if res.outcome == engine.REJECTED else OrderStatus.CANCELLED,
+                res.reason,
+            )
+            if taker.side == engine.BUY and taker.remaining:
+                release[taker.account_id] += (taker.remaining // lot) * rows_by_id[taker.id]["reserve_per_lot"]
+
+    # Every pending order leaves pending; filled orders change quantity and status.
+    updates: list[tuple[int, int, str, str]] = []
+    touched = {r.order.id for r in results} | set(filled_by)
+    for order_id in touched:
+        row = rows_by_id[order_id]
+        filled = row["filled_quantity"] + filled_by.get(order_id, 0)
+        if order_id in final:
+            status, reason = final[order_id]
+        elif filled == row["quantity"]:
+            status, reason = OrderStatus.FILLED, ""
+        elif filled > 0:
+            status, reason = OrderStatus.PARTIALLY_FILLED, ""
+        else:
+            status, reason = OrderStatus.OPEN, ""
+        check_transition(row["status"], status)
+        updates.append((order_id, filled, status, reason))
+    _bulk_update_orders(updates, now)
+
+    if trades:
+        Trade.objects.bulk_create(trades, batch_size=2000)
+    _post_release(instrument_id=instrument.id, batch_key=results[-1].order.seq, release=release)
+
+    book_row.last_matched_sequence = results[-1].order.seq
+    book_row.last_trade_sequence = match_seq
+    book_row.batches += 1
+    book_row.best_bid = book.best_bid()
+    book_row.best_ask = book.best_ask()
+    if trades:
+        book_row.last_price = trades[-1].price
+        book_row.last_trade_at = now
+    book_row.save()
+    return len(trades)
+
+
+def _post_release(*, instrument_id: int, batch_key: int, release: dict[int, Decimal]) -> None:
+    release = {a: amt for a, amt in release.items() if amt}
+    if not release:
+        return
+    escrow_ids = ledger_account_ids(release, LedgerAccount.Kind.ESCROW)
+    available_ids = ledger_account_ids(release, LedgerAccount.Kind.AVAILABLE)
+    legs = []
+    for account_id, amount in release.items():
+        assert amount > 0, "a fill never needs more escrow than its order reserved"
+        legs.append((escrow_ids[account_id], -amount))
+        legs.append((available_ids[account_id], amount))
+    ledger_post(
+        key=f"match:{instrument_id}:{batch_key}",
+        kind=LedgerTransaction.Kind.MATCH,
+        legs=legs,
+        memo=f"escrow released by matching on instrument {instrument_id} up to sequence {batch_key}",
+    )
+
+
+def _bulk_update_orders(updates: list[tuple[int, int, str, str]], now: dt.datetime) -> None:
+    if not updates:
+        return
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cur:
+            cur.execute(
+                "UPDATE marketplace_order AS o SET filled_quantity = v.filled, status = v.status, "
+                "status_reason = v.reason, pending_match = false, updated_at = %s "
+                "FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::text[]) AS v(id, filled, status, reason) "
+                "WHERE o.id = v.id",
+                [now, [u[0] for u in updates], [u[1] for u in updates], [u[2] for u in updates], [u[3] for u in updates]],
+            )
+        return
+    objs = [
+        Order(id=oid, filled_quantity=filled, status=status, status_reason=reason, pending_match=False, updated_at=now)
+        for oid, filled, status, reason in updates
+    ]
+    Order.objects.bulk_update(
+        objs, ["filled_quantity", "status", "status_reason", "pending_match", "updated_at"], batch_size=500
+    )
+
+
+def book_refresh_top(*, book_row: InstrumentBook) -> None:
+    """Recompute best bid/ask from the resting orders (after a cancel or expiry)."""
+    from django.db.models import Max, Min
+
+    live = Order.objects.filter(instrument_id=book_row.instrument_id, pending_match=False, status__in=LIVE_STATUSES)
+    book_row.best_bid = live.filter(side="buy").aggregate(p=Max("price"))["p"]
+    book_row.best_ask = live.filter(side="sell").aggregate(p=Min("price"))["p"]
+    book_row.save(update_fields=["best_bid", "best_ask"])

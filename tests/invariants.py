@@ -1,0 +1,44 @@
+"""The invariants of PRODUCT.md §8, checked after every scenario."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.db.models import F, Q, Sum
+
+from marketplace.models import LIVE_STATUSES, Order, Trade
+from metering.models import LedgerAccount, LedgerEntry
+
+
+def assert_invariants() -> None:
+    # Money sums to zero, and each balance is the sum of its entries.
+    assert LedgerEntry.objects.aggregate(s=Sum("amount"))["s"] in (None, Decimal("0")), "ledger does not sum to zero"
+    sums = dict(LedgerEntry.objects.values("account").annotate(s=Sum("amount")).values_list("account", "s"))
+    for la in LedgerAccount.objects.all():
+        assert la.balance == sums.get(la.pk, Decimal("0")), f"{la} balance {la.balance} != entries {sums.get(la.pk)}"
+        if not la.is_system:
+            assert la.balance >= 0, f"{la} is negative"
+    # Orders: filled <= quantity; filled equals the sum of trades.
+    assert not Order.objects.filter(filled_quantity__gt=F("quantity")).exists()
+    buy_fills = dict(Trade.objects.values("buy_order").annotate(q=Sum("quantity")).values_list("buy_order", "q"))
+    sell_fills = dict(Trade.objects.values("sell_order").annotate(q=Sum("quantity")).values_list("sell_order", "q"))
+    for o in Order.objects.all():
+        fills = buy_fills.get(o.pk, 0) if o.side == "buy" else sell_fills.get(o.pk, 0)
+        assert o.filled_quantity == fills, f"order {o.pk} filled {o.filled_quantity} but trades say {fills}"
+    # Trades respect both limits, the hardware rule and no self-trade.
+    for t in Trade.objects.select_related("buy_order", "sell_order", "hardware"):
+        assert t.price <= t.buy_order.price and t.price >= t.sell_order.price, f"trade {t.pk} outside limits"
+        allowed = t.buy_order.allowed_hardware
+        assert not allowed or t.hardware.code in allowed, f"trade {t.pk} breaks the hardware rule"
+        assert t.hardware_id == t.sell_order.hardware_id
+        assert t.buyer_id != t.seller_id
+    # Escrow equals open commitments: live buy orders' unfilled lots plus unsettled contracts.
+    expected: dict[int, Decimal] = {}
+    for o in Order.objects.filter(side="buy", status__in=LIVE_STATUSES).select_related("instrument"):
+        expected[o.account_id] = expected.get(o.account_id, Decimal("0")) + (o.remaining // o.instrument.lot_size) * o.reserve_per_lot
+    for t in Trade.objects.filter(Q(settlement__isnull=True)):
+        expected[t.buyer_id] = expected.get(t.buyer_id, Decimal("0")) + t.buyer_escrow
+    for la in LedgerAccount.objects.filter(kind="escrow"):
+        assert la.balance == expected.get(la.owner_id, Decimal("0")), (
+            f"escrow of {la.owner_id} is {la.balance}, open commitments {expected.get(la.owner_id, 0)}"
+        )
