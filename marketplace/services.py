@@ -358,24 +358,7 @@ def order_place(
                     "duplicate_client_order_id", f"client_order_id {client_order_id!r} is already used by another order.",
                     field="client_order_id", status=409,
                 )
-            if side == Side.BUY:
-                ledger = ledger_accounts_ensure(account=account)
-                total = reserve * (quantity // instrument.lot_size)
-                try:
-                    ledger_post(
-                        key=f"reserve:{account.pk}:{secrets.token_hex(12)}",
-                        kind=LedgerTransaction.Kind.ESCROW_RESERVE,
-                        legs=[(ledger["available"].pk, -total), (ledger["escrow"].pk, total)],
-                        memo=f"escrow for buy {quantity:,} tokens @ {price} on {instrument.symbol}",
-                    )
-                except InsufficientFunds:
-                    raise ServiceError(
-                        "insufficient_funds",
-                        f"This order needs {total} {settings.EXCHANGE_CURRENCY} in escrow "
-                        f"(quantity x limit + the highest fee); available is {ledger['available'].balance}.",
-                        status=402,
-                    ) from None
-            # Sequence last: the Instrument row lock is held only for the insert below.
+            # The Instrument row lock (sequence) comes before the ledger locks, as everywhere.
             updated = Instrument.objects.filter(pk=instrument.pk, status=Instrument.Status.OPEN).update(
                 last_sequence=F("last_sequence") + 1
             )
@@ -398,6 +381,23 @@ def order_place(
                 created_at=now,
                 updated_at=now,
             )
+            if side == Side.BUY:
+                ledger = ledger_accounts_ensure(account=account)
+                total = reserve * (quantity // instrument.lot_size)
+                try:
+                    ledger_post(
+                        key=f"reserve:{order.pk}",
+                        kind=LedgerTransaction.Kind.ESCROW_RESERVE,
+                        legs=[(ledger["available"].pk, -total), (ledger["escrow"].pk, total)],
+                        memo=f"escrow for buy order #{order.pk}: {quantity:,} tokens @ {price} on {instrument.symbol}",
+                    )
+                except InsufficientFunds:
+                    raise ServiceError(
+                        "insufficient_funds",
+                        f"This order needs {total} {settings.EXCHANGE_CURRENCY} in escrow "
+                        f"(quantity x limit + the highest fee); available is {ledger['available'].balance}.",
+                        status=402,
+                    ) from None
             _enqueue_match(instrument.pk)
     except IntegrityError as exc:
         if "client_order_id" in str(exc):
@@ -406,7 +406,6 @@ def order_place(
                 field="client_order_id", status=409,
             ) from None
         raise
-    # The reserve transaction key is random; link it to the order for the statement.
     return order
 
 
