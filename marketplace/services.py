@@ -273,8 +273,9 @@ def order_place(
 
     A buy reserves its maximum cost (every lot at the limit, plus the highest fee, rounded up)
     from available into escrow in the same transaction, or is refused with insufficient_funds.
-    Takes the Instrument row lock last (for the sequence number), so commit order is sequence
-    order and the lock is held for one insert only.
+    Takes the Instrument row lock (for the sequence number) before the ledger locks and holds
+    it to commit, so commit order is sequence order per instrument: the matcher, reading
+    committed pending orders, always sees a gap-free prefix of the sequence.
     """
     now = now or timezone.now()
     if side not in Side.values:
