@@ -83,6 +83,25 @@ def account_create(
     return account
 
 
+def account_signup(
+    *, username: str, password: str, account_name: str, is_buyer: bool, is_provider: bool
+) -> tuple[AbstractBaseUser, Account]:
+    """Web sign-up: a new user and the account (organization) it owns, or neither.
+
+    The caller has validated the password (Django's validators); a taken username or account
+    name is refused with the field it belongs to.
+    """
+    from django.contrib.auth import get_user_model
+
+    User = get_user_model()
+    with transaction.atomic():
+        if User.objects.filter(username__iexact=username).exists():
+            raise ServiceError("username_taken", f"The username {username!r} is taken.", field="username", status=409)
+        user = User.objects.create_user(username=username, password=password)
+        account = account_create(name=account_name, is_buyer=is_buyer, is_provider=is_provider, owner=user)
+    return user, account
+
+
 def account_get(*, ref: str) -> Account:
     """Find an account by slug, name or numeric id (management commands take any)."""
     qs = Account.objects.all()
