@@ -11,6 +11,7 @@ from django.conf import settings
 from rest_framework.test import APIClient
 
 from tests import factories
+from tests.workers import celery_workers  # noqa: F401 (fixture: real Celery worker processes)
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 

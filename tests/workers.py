@@ -50,7 +50,9 @@ def test_database_url() -> str:
     """DATABASE_URL of the database this process is connected to (pytest's test_... one)."""
     s = connection.settings_dict
     if connection.vendor != "postgresql":
-        raise RuntimeError("real workers need PostgreSQL: SQLite's test database is private to this process")
+        raise RuntimeError(
+            "real workers need PostgreSQL: SQLite's test database is private to this process"
+        )
     user = quote(s.get("USER") or "", safe="")
     password = quote(str(s.get("PASSWORD") or ""), safe="")
     auth = f"{user}:{password}@" if password else (f"{user}@" if user else "")
@@ -118,7 +120,9 @@ class WorkerProcess:
         if self.proc.poll() is not None:
             return
         try:
-            self.proc.send_signal(signal.SIGTERM)  # warm shutdown: finish the current task
+            self.proc.send_signal(
+                signal.SIGTERM
+            )  # warm shutdown: finish the current task
             self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             pass
@@ -192,7 +196,9 @@ class CeleryWorkers:
                         stderr=subprocess.STDOUT,
                         start_new_session=True,
                     )
-                self.workers.append(WorkerProcess(name=name, proc=proc, log_path=log_path))
+                self.workers.append(
+                    WorkerProcess(name=name, proc=proc, log_path=log_path)
+                )
             self._wait_ready()
         except BaseException:
             self.stop()
@@ -203,12 +209,20 @@ class CeleryWorkers:
         while True:
             for w in self.workers:
                 if w.proc.poll() is not None:
-                    raise RuntimeError(f"worker {w.name} exited with {w.proc.returncode}:\n{w.log()[-4000:]}")
+                    raise RuntimeError(
+                        f"worker {w.name} exited with {w.proc.returncode}:\n{w.log()[-4000:]}"
+                    )
             if all(w.is_ready() for w in self.workers):
                 return
             if time.monotonic() > deadline:
-                tails = "\n".join(f"--- {w.name}\n{w.log()[-2000:]}" for w in self.workers if not w.is_ready())
-                raise TimeoutError(f"workers not ready after {self.ready_timeout:.0f}s:\n{tails}")
+                tails = "\n".join(
+                    f"--- {w.name}\n{w.log()[-2000:]}"
+                    for w in self.workers
+                    if not w.is_ready()
+                )
+                raise TimeoutError(
+                    f"workers not ready after {self.ready_timeout:.0f}s:\n{tails}"
+                )
             time.sleep(0.1)
 
     def stop(self) -> None:
@@ -242,7 +256,7 @@ def celery_workers_running(n: int = 3, **kw) -> Iterator[CeleryWorkers]:
 
 @pytest.fixture
 def celery_workers(transactional_db) -> Iterator[Callable[..., CeleryWorkers]]:
-    """Start real workers: `celery_workers(3, pool="solo")`. Stopped before the tables are flushed
+    """Start real workers: `celery_workers(3, pool="solo")`; stopped before the tables are flushed
     (this fixture depends on transactional_db, so it is torn down first)."""
     started: list[CeleryWorkers] = []
 
@@ -257,7 +271,12 @@ def celery_workers(transactional_db) -> Iterator[Callable[..., CeleryWorkers]]:
         group.stop()
 
 
-def wait_until_matched(*, timeout: float = 60.0, workers: CeleryWorkers | None = None, kick_every: float = 5.0) -> None:
+def wait_until_matched(
+    *,
+    timeout: float = 60.0,
+    workers: CeleryWorkers | None = None,
+    kick_every: float = 5.0,
+) -> None:
     """Wait (bounded) until no order of an open instrument is pending matching.
 
     Every `kick_every` seconds it re-enqueues what is still pending, as the periodic sweep
@@ -274,7 +293,9 @@ def wait_until_matched(*, timeout: float = 60.0, workers: CeleryWorkers | None =
     while True:
         pending = Order.objects.filter(instrument=OuterRef("pk"), pending_match=True)
         ids = list(
-            Instrument.objects.filter(status=Instrument.Status.OPEN, delivery_end__gt=timezone.now())
+            Instrument.objects.filter(
+                status=Instrument.Status.OPEN, delivery_end__gt=timezone.now()
+            )
             .filter(Exists(pending))
             .values_list("id", flat=True)
         )

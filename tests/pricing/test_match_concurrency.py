@@ -7,7 +7,7 @@ import pytest
 from marketplace.models import Order, Trade
 from tests import factories
 from tests.invariants import assert_invariants
-from tests.workers import celery_workers, wait_until_matched  # noqa: F401 (fixture)
+from tests.workers import wait_until_matched
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.workers]
 
