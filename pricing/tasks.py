@@ -22,12 +22,23 @@ _QUEUED_KEY = "match-queued:{}"
 
 
 def enqueue_match(instrument_id: int) -> None:
-    if cache.add(_QUEUED_KEY.format(instrument_id), 1, timeout=10):
+    """Queue matching after a commit. Never raises: it runs in on_commit hooks after the order
+    is already committed, so a Redis outage (cache or broker) must not turn into a 500 for an
+    accepted order; the sweep matches whatever was not queued."""
+    key = _QUEUED_KEY.format(instrument_id)
+    try:
+        if not cache.add(key, 1, timeout=10):
+            return
+    except Exception:  # cache (Redis) down: queue anyway; a duplicate task is harmless
+        log.warning("cache unavailable; queueing match of instrument %s without de-duplication", instrument_id)
+    try:
+        match_instrument.delay(instrument_id)
+    except Exception:  # broker down: the order is recorded; the sweep will match it
         try:
-            match_instrument.delay(instrument_id)
-        except Exception:  # broker down: the order is recorded; the sweep will match it
-            cache.delete(_QUEUED_KEY.format(instrument_id))
-            log.warning("broker unavailable; instrument %s left for the sweep", instrument_id, exc_info=True)
+            cache.delete(key)
+        except Exception:
+            pass
+        log.warning("broker unavailable; instrument %s left for the sweep", instrument_id, exc_info=True)
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True, ignore_result=True)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+
 from django.core.exceptions import PermissionDenied
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from marketplace.services import ServiceError
+
+logger = logging.getLogger(__name__)
 
 _CODES = {
     400: "bad_request",
@@ -21,7 +26,11 @@ _CODES = {
     413: "request_too_large",
     415: "unsupported_media_type",
     429: "throttled",
+    503: "service_unavailable",
 }
+
+# Seconds a client should wait before retrying after the database was unreachable.
+DB_RETRY_AFTER = 5
 
 
 def error_body(code: str, message: str, fields: dict | None = None) -> dict:
@@ -49,7 +58,26 @@ def _flatten(detail) -> dict:
     return out
 
 
+def database_unavailable_response() -> Response:
+    """503 for a lost or refused database connection: the transaction was rolled back, so the
+    client may retry (with the same Idempotency-Key for writes)."""
+    response = Response(
+        error_body(
+            "database_unavailable",
+            "The exchange could not reach its database; nothing was changed. Retry shortly "
+            "(with the same Idempotency-Key for orders).",
+        ),
+        status=status.HTTP_503_SERVICE_UNAVAILABLE,
+    )
+    response["Retry-After"] = str(DB_RETRY_AFTER)
+    return response
+
+
 def exception_handler(exc, context):
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        # Logged with the traceback: an operator needs to see it, the client only a 503.
+        logger.error("database unavailable during %s", context.get("view"), exc_info=exc)
+        return database_unavailable_response()
     if isinstance(exc, ServiceError):
         fields = {exc.field: [exc.message]} if exc.field else {}
         return Response(error_body(exc.code, exc.message, fields), status=exc.status)

@@ -1,7 +1,24 @@
+import logging
+
 from rest_framework.throttling import SimpleRateThrottle
 
+log = logging.getLogger(__name__)
 
-class ApiKeyRateThrottle(SimpleRateThrottle):
+
+class FailOpenMixin:
+    """Counters live in the cache (Redis). If the cache is unreachable the request is let
+    through: refusing every order because a rate counter is down would turn a Redis outage
+    into an exchange outage, while the database still protects every invariant."""
+
+    def allow_request(self, request, view):
+        try:
+            return super().allow_request(request, view)
+        except Exception:  # redis.ConnectionError, TimeoutError, ...: any cache failure
+            log.warning("throttle cache unavailable; request allowed", exc_info=True)
+            return True
+
+
+class ApiKeyRateThrottle(FailOpenMixin, SimpleRateThrottle):
     """Per API key; the rate is settings REST_FRAMEWORK['DEFAULT_THROTTLE_RATES']['api_key']."""
 
     scope = "api_key"
@@ -12,7 +29,7 @@ class ApiKeyRateThrottle(SimpleRateThrottle):
         return self.cache_format % {"scope": self.scope, "ident": request.auth.prefix}
 
 
-class AnonymousRateThrottle(SimpleRateThrottle):
+class AnonymousRateThrottle(FailOpenMixin, SimpleRateThrottle):
     scope = "anonymous"
 
     def get_cache_key(self, request, view):

@@ -1,0 +1,90 @@
+"""Refusals that must happen before a view runs, in the one error shape.
+
+- A body larger than settings.DATA_UPLOAD_MAX_MEMORY_SIZE is refused with 413 from its
+  Content-Length, before anything reads it. Django enforces that setting only when
+  request.body is read; DRF's parsers read the stream directly, so without this check an API
+  body could be any size.
+- Security headers Django's SecurityMiddleware does not set: Content-Security-Policy, and
+  Cache-Control: no-store on authenticated API answers.
+- A database that is unreachable (connection refused, dropped, failover) gives 503 with
+  Retry-After on every page, not Django's generic 500. The API's exception handler does the
+  same for DRF views; this covers the web pages and anything outside DRF.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from django.db import InterfaceError, OperationalError
+from django.http import HttpResponse, JsonResponse
+
+from .errors import DB_RETRY_AFTER, error_body
+
+logger = logging.getLogger(__name__)
+
+
+def _is_api(path: str) -> bool:
+    return path.startswith("/api/")
+
+
+# Content-Security-Policy: JSON needs nothing from the page; HTML pages keep their scripts
+# (Swagger UI and htmx use inline ones) but may not be framed, load plugins or post elsewhere.
+API_CSP = "default-src 'none'; frame-ancestors 'none'"
+PAGE_CSP = "object-src 'none'; base-uri 'self'; frame-ancestors 'none'; form-action 'self'"
+
+
+def _security_headers(request, response) -> None:
+    # Also here (not only in XFrameOptionsMiddleware) for answers this middleware makes itself.
+    response.headers.setdefault("X-Frame-Options", settings.X_FRAME_OPTIONS)
+    if _is_api(request.path):
+        response.headers.setdefault("Content-Security-Policy", API_CSP)
+        if request.META.get("HTTP_AUTHORIZATION"):
+            # A private answer (orders, balances) must not sit in a shared or browser cache.
+            response.headers.setdefault("Cache-Control", "no-store")
+    else:
+        response.headers.setdefault("Content-Security-Policy", PAGE_CSP)
+
+
+class RequestLimitsMiddleware:
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        raw = request.META.get("CONTENT_LENGTH") or "0"
+        try:
+            length = int(raw)
+        except ValueError:
+            length = -1
+        if length < 0:
+            response = JsonResponse(
+                error_body("bad_request", "Content-Length must be a non-negative whole number."), status=400
+            )
+            _security_headers(request, response)
+            return response
+        if limit is not None and length > limit:
+            response = JsonResponse(
+                error_body(
+                    "request_too_large",
+                    f"The request body is {length:,} bytes; the limit is {limit:,}. Send smaller batches.",
+                ),
+                status=413,
+            )
+            _security_headers(request, response)
+            return response
+        response = self.get_response(request)
+        _security_headers(request, response)
+        return response
+
+    def process_exception(self, request, exception):
+        if not isinstance(exception, (OperationalError, InterfaceError)):
+            return None
+        logger.error("database unavailable during %s", request.path, exc_info=exception)
+        message = "The exchange could not reach its database; nothing was changed. Retry shortly."
+        if _is_api(request.path):
+            response = JsonResponse(error_body("database_unavailable", message), status=503)
+        else:
+            response = HttpResponse(message, status=503, content_type="text/plain; charset=utf-8")
+        response["Retry-After"] = str(DB_RETRY_AFTER)
+        return response
