@@ -270,6 +270,9 @@ CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {
     "sweep-unmatched": {"task": "pricing.tasks.sweep", "schedule": env_int("SWEEP_SECONDS", 5, minimum=1)},
     "roll-instruments": {"task": "marketplace.tasks.roll_instruments", "schedule": 300.0},
+    "settle-due": {"task": "metering.tasks.settle_due", "schedule": env_int("SETTLE_SECONDS", 300, minimum=1)},
+    "day-ahead-auctions": {"task": "pricing.tasks.auctions_run", "schedule": 30.0},
+    "publish-index": {"task": "pricing.tasks.index_publish", "schedule": env_int("INDEX_PUBLISH_SECONDS", 300, minimum=1)},
 }
 
 # Market rules.
@@ -279,6 +282,15 @@ TAKER_FEE_BPS = env_int("TAKER_FEE_BPS", 10, minimum=0)
 INSTRUMENT_DAYS_AHEAD = env_int("INSTRUMENT_DAYS_AHEAD", 7, minimum=1)
 MATCH_BATCH_SIZE = env_int("MATCH_BATCH_SIZE", 2000, minimum=1)
 ENERGY_SHARE_OF_COST = env_decimal("ENERGY_SHARE_OF_COST", "0.70")
+# Day-ahead call auction: orders for delivery day D+1 collect until gate closure (HH:MM UTC on D).
+DAY_AHEAD_AUCTION = env_bool("DAY_AHEAD_AUCTION", True)
+AUCTION_GATE_CLOSURE_UTC = env.str("AUCTION_GATE_CLOSURE_UTC", default="12:00")
+try:
+    _h, _m = (int(x) for x in AUCTION_GATE_CLOSURE_UTC.split(":"))
+    if not (0 <= _h < 24 and 0 <= _m < 60):
+        raise ValueError
+except ValueError:
+    raise ImproperlyConfigured(f"AUCTION_GATE_CLOSURE_UTC={AUCTION_GATE_CLOSURE_UTC!r} is not HH:MM") from None
 SETTLEMENT_GRACE_HOURS = env_int("SETTLEMENT_GRACE_HOURS", 6, minimum=0)
 USAGE_BATCH_MAX = env_int("USAGE_BATCH_MAX", 1000, minimum=1)
 

@@ -18,6 +18,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from marketplace.models import (
@@ -35,6 +36,7 @@ from metering.ledger import ledger_account_ids, ledger_post
 from metering.models import LedgerAccount, LedgerTransaction
 
 from . import engine
+from .models import CallAuction
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +113,14 @@ def match_locked(*, book_row: InstrumentBook, batch_size: int | None = None) -> 
 
     Returns (orders processed, trades written).
     """
-    instrument = Instrument.objects.get(pk=book_row.instrument_id)
+    # In its day-ahead call auction an instrument collects orders; auction_clear matches them.
+    instrument = Instrument.objects.annotate(
+        in_call_auction=Exists(
+            CallAuction.objects.filter(instrument=OuterRef("pk"), status=CallAuction.Status.COLLECTING)
+        )
+    ).get(pk=book_row.instrument_id)
     now = timezone.now()
-    if instrument.status != Instrument.Status.OPEN or now >= instrument.delivery_end:
+    if instrument.status != Instrument.Status.OPEN or now >= instrument.delivery_end or instrument.in_call_auction:
         return 0, 0
     batch_size = batch_size or settings.MATCH_BATCH_SIZE
     pending = list(
@@ -278,3 +285,220 @@ def book_refresh_top(*, book_row: InstrumentBook) -> None:
     book_row.best_bid = live.filter(side="buy").aggregate(p=Max("price"))["p"]
     book_row.best_ask = live.filter(side="sell").aggregate(p=Min("price"))["p"]
     book_row.save(update_fields=["best_bid", "best_ask"])
+
+
+# --- day-ahead call auction ---------------------------------------------------------------------
+
+
+def auction_gate_closure(*, delivery_date: dt.date) -> dt.datetime:
+    """Gate closure of the day-ahead auction for `delivery_date`: HH:MM UTC on the day before."""
+    hour, minute = (int(x) for x in settings.AUCTION_GATE_CLOSURE_UTC.split(":"))
+    return dt.datetime.combine(delivery_date - dt.timedelta(days=1), dt.time(hour, minute), tzinfo=dt.UTC)
+
+
+def auction_open(*, instrument: Instrument, now: dt.datetime | None = None) -> CallAuction:
+    """Start collecting an instrument's orders for its call auction (idempotent)."""
+    now = now or timezone.now()
+    gate = auction_gate_closure(delivery_date=instrument.delivery_date)
+    auction, _ = CallAuction.objects.get_or_create(
+        instrument=instrument, defaults={"gate_closure_at": gate, "opened_at": now}
+    )
+    return auction
+
+
+def auctions_open_due(*, now: dt.datetime | None = None) -> int:
+    """Open the auction of every open instrument for tomorrow (UTC) whose gate is still ahead."""
+    if not settings.DAY_AHEAD_AUCTION:
+        return 0
+    now = now or timezone.now()
+    tomorrow = now.astimezone(dt.UTC).date() + dt.timedelta(days=1)
+    if now >= auction_gate_closure(delivery_date=tomorrow):
+        return 0
+    opened = 0
+    for inst in Instrument.objects.filter(
+        delivery_date=tomorrow, status=Instrument.Status.OPEN, call_auction__isnull=True
+    ):
+        auction_open(instrument=inst, now=now)
+        opened += 1
+    return opened
+
+
+def _auction_orders(instrument_id: int, hw: dict[int, str]) -> tuple[list[dict], list]:
+    from .auction import AuctionOrder
+
+    rows = list(
+        Order.objects.filter(instrument_id=instrument_id, status__in=LIVE_STATUSES)
+        .order_by("sequence")
+        .values(*_ORDER_FIELDS, "pending_match")
+    )
+    # Fill-or-kill and post-only only make sense against a continuous book: a pending one skips
+    # the auction and is processed by continuous matching when it opens.
+    participants = [
+        r for r in rows if not (r["pending_match"] and r["time_in_force"] in (engine.FOK, engine.POST_ONLY))
+    ]
+    orders = [
+        AuctionOrder(
+            id=r["id"],
+            seq=r["sequence"],
+            account_id=r["account_id"],
+            side=r["side"],
+            price=r["price"],
+            quantity=r["quantity"] - r["filled_quantity"],
+            hardware=hw[r["hardware_id"]] if r["hardware_id"] else None,
+            allowed=frozenset(r["allowed_hardware"] or ()),
+        )
+        for r in participants
+    ]
+    return rows, orders
+
+
+def auction_reference_price(*, instrument: Instrument, book_row: InstrumentBook) -> Decimal | None:
+    """The instrument's last price, else the latest Token Price Index of its tier."""
+    if book_row.last_price is not None:
+        return book_row.last_price
+    from .models import IndexValue
+
+    return IndexValue.objects.filter(tier_id=instrument.tier_id).order_by("-day").values_list("value", flat=True).first()
+
+
+def auction_clear(*, instrument_id: int, now: dt.datetime | None = None) -> CallAuction:
+    """Clear an instrument's call auction at gate closure; then continuous trading opens.
+
+    Takes the InstrumentBook lock (like the matcher), so it never runs beside a matching batch.
+    Trades, order statuses, escrow releases and top of book are written as continuous matching
+    writes them; every trade is at the one clearing price. An unfilled remainder of a GTC order
+    stays pending and is processed by continuous matching right after (it rests, or trades if
+    the hardware rule or self-trade prevention left the residual book crossed); an IOC
+    remainder is cancelled. Clearing the same auction twice does nothing.
+    """
+    from .auction import clear
+
+    now = now or timezone.now()
+    with transaction.atomic():
+        book_row = InstrumentBook.objects.select_for_update().get(pk=instrument_id)
+        auction = CallAuction.objects.select_for_update().get(instrument_id=instrument_id)
+        if auction.status == CallAuction.Status.CLEARED:
+            return auction
+        instrument = Instrument.objects.get(pk=instrument_id)
+        hw = _hardware_codes()
+        hw_ids = {code: pk for pk, code in hw.items()}
+        rows, orders = _auction_orders(instrument_id, hw)
+        rows_by_id = {r["id"]: r for r in rows}
+        ref = auction_reference_price(instrument=instrument, book_row=book_row)
+        result = clear(orders, reference_price=ref, tick=instrument.tick_size)
+
+        lot = instrument.lot_size
+        release: dict[int, Decimal] = defaultdict(Decimal)
+        trades: list[Trade] = []
+        match_seq = book_row.last_trade_sequence
+        for f in result.fills:
+            buy_row, sell_row = rows_by_id[f.buy_id], rows_by_id[f.sell_id]
+            # No one rests first in a call auction; the later order counts as the taker so
+            # that fees follow the continuous market's rule deterministically.
+            aggressor = engine.BUY if buy_row["sequence"] > sell_row["sequence"] else engine.SELL
+            buyer_bps = fee_bps(maker=aggressor == engine.SELL)
+            seller_bps = fee_bps(maker=aggressor == engine.BUY)
+            escrow = money.contract_escrow(quantity=f.quantity, price=result.price, fee_bps=buyer_bps)
+            release[f.buyer_account_id] += (f.quantity // lot) * buy_row["reserve_per_lot"] - escrow
+            match_seq += 1
+            trades.append(
+                Trade(
+                    instrument_id=instrument_id,
+                    buy_order_id=f.buy_id,
+                    sell_order_id=f.sell_id,
+                    buyer_id=f.buyer_account_id,
+                    seller_id=f.seller_account_id,
+                    hardware_id=hw_ids[f.hardware],
+                    quantity=f.quantity,
+                    price=result.price,
+                    aggressor_side=aggressor,
+                    match_sequence=match_seq,
+                    buyer_fee_bps=buyer_bps,
+                    seller_fee_bps=seller_bps,
+                    buyer_escrow=escrow,
+                    executed_at=now,
+                )
+            )
+
+        updates: list[tuple[int, int, str, str, bool]] = []
+        for o in orders:
+            row = rows_by_id[o.id]
+            traded = result.filled.get(o.id, 0)
+            filled = row["filled_quantity"] + traded
+            pending = row["pending_match"]
+            reason = ""
+            if filled == row["quantity"]:
+                status, pending = OrderStatus.FILLED, False
+            elif row["pending_match"] and row["time_in_force"] == engine.IOC:
+                status, pending, reason = OrderStatus.CANCELLED, False, engine.REASON_IOC
+                if row["side"] == engine.BUY:
+                    release[row["account_id"]] += ((row["quantity"] - filled) // lot) * row["reserve_per_lot"]
+            elif traded:
+                status = OrderStatus.PARTIALLY_FILLED
+            else:
+                continue
+            check_transition(row["status"], status)
+            updates.append((o.id, filled, status, reason, pending))
+        _auction_update_orders(updates, now)
+        if trades:
+            Trade.objects.bulk_create(trades, batch_size=2000)
+        _post_release(instrument_id=instrument_id, batch_key="auction", release=release)  # type: ignore[arg-type]
+
+        book_row.last_trade_sequence = match_seq
+        if trades:
+            book_row.last_price = result.price
+            book_row.last_trade_at = now
+        book_row.save()
+        book_refresh_top(book_row=book_row)
+
+        auction.status = CallAuction.Status.CLEARED
+        auction.cleared_at = now
+        auction.reference_price = result.reference_price
+        auction.clearing_price = result.price
+        auction.volume = result.volume
+        auction.demand = result.demand
+        auction.supply = result.supply
+        auction.imbalance = result.imbalance
+        auction.orders_count = len(orders)
+        auction.trades_count = len(trades)
+        auction.save()
+
+        from .tasks import enqueue_match
+
+        transaction.on_commit(lambda: enqueue_match(instrument_id))
+    return auction
+
+
+def _auction_update_orders(updates: list[tuple[int, int, str, str, bool]], now: dt.datetime) -> None:
+    if not updates:
+        return
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cur:
+            cur.execute(
+                "UPDATE marketplace_order AS o SET filled_quantity = v.filled, status = v.status, "
+                "status_reason = v.reason, pending_match = v.pending, updated_at = %s "
+                "FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::text[], %s::boolean[]) "
+                "AS v(id, filled, status, reason, pending) WHERE o.id = v.id",
+                [now, *([u[i] for u in updates] for i in range(5))],
+            )
+        return
+    objs = [
+        Order(id=oid, filled_quantity=filled, status=status, status_reason=reason, pending_match=pending, updated_at=now)
+        for oid, filled, status, reason, pending in updates
+    ]
+    Order.objects.bulk_update(
+        objs, ["filled_quantity", "status", "status_reason", "pending_match", "updated_at"], batch_size=500
+    )
+
+
+def auctions_clear_due(*, now: dt.datetime | None = None) -> list[int]:
+    """Clear every collecting auction whose gate has closed (on open instruments)."""
+    now = now or timezone.now()
+    ids = list(
+        CallAuction.objects.filter(
+            status=CallAuction.Status.COLLECTING, gate_closure_at__lte=now, instrument__status=Instrument.Status.OPEN
+        ).values_list("instrument_id", flat=True)
+    )
+    for instrument_id in ids:
+        auction_clear(instrument_id=instrument_id, now=now)
+    return ids

@@ -12,6 +12,7 @@ from django.utils import timezone
 from marketplace.models import Instrument, Order
 
 from . import services
+from .models import CallAuction
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,25 @@ def sweep() -> dict:
     ids = list(
         Instrument.objects.filter(status=Instrument.Status.OPEN, delivery_end__gt=now)
         .filter(Exists(pending))
+        .exclude(call_auction__status=CallAuction.Status.COLLECTING)  # collecting, not lost
         .values_list("id", flat=True)
     )
     for inst_id in ids:
         match_instrument.delay(inst_id)
     return {"enqueued": len(ids), "closed": closed}
+
+
+@shared_task(ignore_result=True)
+def auctions_run() -> dict:
+    """Open tomorrow's day-ahead auctions; clear those whose gate has closed."""
+    opened = services.auctions_open_due()
+    cleared = services.auctions_clear_due()
+    return {"opened": opened, "cleared": len(cleared)}
+
+
+@shared_task(ignore_result=True)
+def index_publish() -> dict:
+    """Publish the Token Price Index of every tier for the days that still change."""
+    from .index import index_publish as publish
+
+    return {"published": len(publish())}
