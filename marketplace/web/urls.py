@@ -1,8 +1,26 @@
+from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from . import views
 
 urlpatterns = [
     path("", views.markets, name="markets"),
+    path("signup/", views.signup, name="signup"),
+    path(
+        "login/",
+        auth_views.LoginView.as_view(template_name="web/login.html", redirect_authenticated_user=True),
+        name="login",
+    ),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("markets/<str:symbol>/", views.instrument, name="instrument"),
+    path("markets/<str:symbol>/order/", views.order_place, name="order_place"),
+    path("markets/<str:symbol>/order/preview/", views.order_preview, name="order_preview"),
+    path("orders/", views.orders, name="orders"),
+    path("orders/<int:order_id>/cancel/", views.order_cancel, name="order_cancel"),
+    path("contracts/", views.contracts, name="contracts"),
+    path("balances/", views.balances, name="balances"),
+    path("balances/statement.csv", views.statement_csv, name="statement_csv"),
+    path("provider/", views.provider, name="provider"),
+    path("api-keys/", views.api_keys, name="api_keys"),
+    path("api-keys/<int:key_id>/revoke/", views.api_key_revoke, name="api_key_revoke"),
 ]

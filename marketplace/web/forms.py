@@ -1,0 +1,155 @@
+"""Forms of the web UI: they parse what a browser sends; the services decide what is valid.
+
+Field errors raised by a service (ServiceError.field) are put beside the form field that
+carries that API field, in the service's own words, so the page says what the API would.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+
+from django import forms
+from django.contrib.auth import password_validation
+from django.contrib.auth.forms import UsernameField
+
+from marketplace.models import ApiKey, Hardware, Instrument, Region, Side, Tier, TimeInForce
+from marketplace.services import ServiceError
+from metering.models import LedgerAccount, LedgerTransaction
+
+from .queries import MTOK
+
+
+def add_service_error(form: forms.Form, exc: ServiceError, field_map: dict[str, str] | None = None) -> None:
+    """Show a service refusal beside its field (API field name mapped to the form's)."""
+    name = (field_map or {}).get(exc.field or "", exc.field)
+    form.add_error(name if name in form.fields else None, exc.message)
+
+
+class SignupForm(forms.Form):
+    ROLE_CHOICES = [("buyer", "Buyer — I buy token capacity"), ("provider", "Provider — I sell capacity"), ("both", "Both")]
+
+    account_name = forms.CharField(
+        label="Organization name", max_length=120, help_text="Your company or team; it names your trading account."
+    )
+    role = forms.ChoiceField(label="I am a", choices=ROLE_CHOICES, widget=forms.RadioSelect, initial="buyer")
+    username = UsernameField(label="Username", max_length=150)
+    password1 = forms.CharField(label="Password", strip=False, widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}))
+    password2 = forms.CharField(
+        label="Password again", strip=False, widget=forms.PasswordInput(attrs={"autocomplete": "new-password"})
+    )
+    field_map = {"name": "account_name", "roles": "role", "username": "username"}
+
+    def clean(self):
+        data = super().clean()
+        p1, p2 = data.get("password1"), data.get("password2")
+        if p1 and p2 and p1 != p2:
+            self.add_error("password2", "The two passwords differ.")
+        elif p1:
+            try:
+                password_validation.validate_password(p1)
+            except forms.ValidationError as exc:
+                self.add_error("password1", exc)
+        return data
+
+    @property
+    def roles(self) -> tuple[bool, bool]:
+        role = self.cleaned_data["role"]
+        return role in ("buyer", "both"), role in ("provider", "both")
+
+
+class OrderForm(forms.Form):
+    """Order entry. Quantity is entered in Mtok (millions of tokens), as prices are quoted."""
+
+    side = forms.ChoiceField(choices=Side.choices, widget=forms.RadioSelect, initial=Side.BUY)
+    quantity_mtok = forms.CharField(
+        label="Quantity (Mtok)", widget=forms.TextInput(attrs={"inputmode": "decimal", "autocomplete": "off"})
+    )
+    price = forms.CharField(
+        label="Limit price per Mtok", widget=forms.TextInput(attrs={"inputmode": "decimal", "autocomplete": "off"})
+    )
+    time_in_force = forms.ChoiceField(label="Time in force", choices=TimeInForce.choices, initial=TimeInForce.GTC)
+    hardware = forms.ChoiceField(label="Hardware (sell)", required=False)
+    allowed_hardware = forms.MultipleChoiceField(
+        label="Allowed hardware (buy; none ticked = any)", required=False, widget=forms.CheckboxSelectMultiple
+    )
+    client_order_id = forms.CharField(label="Client order id (optional)", required=False, max_length=64)
+    # API field -> form field, for ServiceError.field
+    field_map = {"quantity": "quantity_mtok"}
+
+    def __init__(self, *args, instrument: Instrument, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.instrument = instrument
+        codes = [(h.code, f"{h.code} — {h.name}") for h in Hardware.objects.all()]
+        self.fields["hardware"].choices = [("", "choose hardware")] + codes
+        self.fields["allowed_hardware"].choices = codes
+
+    def clean_quantity_mtok(self) -> int:
+        """Mtok as typed -> integer tokens; the lot-size rule is the service's to apply."""
+        raw = self.cleaned_data["quantity_mtok"].replace(",", "").replace("_", "").strip()
+        try:
+            mtok = Decimal(raw)
+        except InvalidOperation:
+            raise forms.ValidationError("quantity must be a positive whole number of tokens.") from None
+        tokens = mtok * MTOK
+        if not tokens.is_finite() or tokens <= 0 or tokens != tokens.to_integral_value():
+            raise forms.ValidationError("quantity must be a positive whole number of tokens.")
+        return int(tokens)
+
+    def clean_price(self) -> Decimal:
+        raw = self.cleaned_data["price"].replace(",", "").strip()
+        try:
+            price = Decimal(raw)
+        except InvalidOperation:
+            raise forms.ValidationError("price must be a positive number.") from None
+        if not price.is_finite() or price <= 0:
+            raise forms.ValidationError("price must be a positive number.")
+        return price
+
+    def service_kwargs(self) -> dict:
+        d = self.cleaned_data
+        return {
+            "side": d["side"],
+            "quantity": d["quantity_mtok"],
+            "price": d["price"],
+            "time_in_force": d["time_in_force"],
+            "hardware": (d.get("hardware") or None) if d["side"] == Side.SELL else None,
+            "allowed_hardware": tuple(d.get("allowed_hardware") or ()) if d["side"] == Side.BUY else (),
+            "client_order_id": d.get("client_order_id") or None,
+        }
+
+
+class ApiKeyForm(forms.Form):
+    name = forms.CharField(label="Name (what uses this key)", max_length=120, required=False)
+    scopes = forms.MultipleChoiceField(
+        label="Scopes", choices=ApiKey.Scope.choices, widget=forms.CheckboxSelectMultiple, required=False,
+        initial=["read"],
+    )
+
+
+class MarketFilterForm(forms.Form):
+    tier = forms.ChoiceField(label="Tier", required=False)
+    region = forms.ChoiceField(label="Region", required=False)
+    day = forms.DateField(label="Delivery day", required=False, widget=forms.DateInput(attrs={"type": "date"}))
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["tier"].choices = [("", "all tiers")] + [(t.code, t.name) for t in Tier.objects.all()]
+        self.fields["region"].choices = [("", "all regions")] + [(r.code, r.code) for r in Region.objects.all()]
+
+
+class StatementFilterForm(forms.Form):
+    ledger_kind = forms.ChoiceField(
+        label="Balance",
+        required=False,
+        choices=[("", "all")] + [(k, k) for k in (LedgerAccount.Kind.AVAILABLE, LedgerAccount.Kind.ESCROW, LedgerAccount.Kind.OWED)],
+    )
+    transaction_kind = forms.ChoiceField(
+        label="Kind", required=False, choices=[("", "all")] + list(LedgerTransaction.Kind.choices)
+    )
+    date_from = forms.DateField(label="From", required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    date_to = forms.DateField(label="To", required=False, widget=forms.DateInput(attrs={"type": "date"}))
+
+    def filters(self) -> dict:
+        if not self.is_valid():
+            return {}
+        return {k: v for k, v in self.cleaned_data.items() if v}

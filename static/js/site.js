@@ -1,0 +1,149 @@
+/* Ciyuan Exchange front end: confirmations, the order form's side switch, and charts.
+   Charts read their data from <script type="application/json"> blocks that htmx partials
+   refresh; nothing here fetches from outside the site. */
+(function () {
+  "use strict";
+
+  // Forms with data-confirm ask first (cancel an order, revoke a key).
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    var message = form.getAttribute && form.getAttribute("data-confirm");
+    if (message && !window.confirm(message)) {
+      event.preventDefault();
+      event.stopImmediatePropagation();
+    }
+  }, true);
+  // htmx-driven forms confirm through hx-confirm; nothing else needed here.
+
+  // Order form: show the hardware field for sells and the allowed-hardware set for buys.
+  function syncSide(root) {
+    var form = (root || document).querySelector("#order-form");
+    if (!form) return;
+    var checked = form.querySelector("input[name='side']:checked");
+    var side = checked ? checked.value : "buy";
+    form.querySelectorAll("[data-side-only]").forEach(function (el) {
+      el.hidden = el.getAttribute("data-side-only") !== side;
+    });
+    var submit = form.querySelector("button[type='submit']");
+    if (submit) {
+      submit.className = side === "sell" ? "sell" : "buy";
+      submit.textContent = side === "sell" ? "Place sell order" : "Place buy order";
+    }
+  }
+  document.addEventListener("change", function (event) {
+    if (event.target && event.target.name === "side") syncSide();
+  });
+
+  function readJSON(id) {
+    var el = document.getElementById(id);
+    if (!el) return null;
+    try { return JSON.parse(el.textContent); } catch (e) { return null; }
+  }
+
+  var charts = {};
+  function upsert(key, canvasId, config) {
+    var canvas = document.getElementById(canvasId);
+    if (!canvas || typeof Chart === "undefined") return;
+    var existing = charts[key];
+    if (existing && existing.canvas === canvas) {
+      existing.data.labels = config.data.labels;
+      config.data.datasets.forEach(function (ds, i) {
+        if (existing.data.datasets[i]) existing.data.datasets[i].data = ds.data;
+      });
+      existing.update("none");
+      return;
+    }
+    if (existing) existing.destroy();
+    charts[key] = new Chart(canvas, config);
+  }
+
+  var baseOptions = {
+    responsive: true, maintainAspectRatio: false, animation: false,
+    interaction: { mode: "index", intersect: false },
+    plugins: { legend: { display: true, position: "bottom", labels: { boxWidth: 12 } } }
+  };
+
+  function shortTime(iso, interval) {
+    var d = new Date(iso);
+    if (interval === "1d") return d.toISOString().slice(5, 10);
+    return d.toISOString().slice(interval === "1h" ? 5 : 11, 16).replace("T", " ");
+  }
+
+  function drawInstrumentCharts() {
+    var depth = readJSON("depth-data");
+    if (depth) {
+      var bidPts = depth.bids.map(function (p) { return { x: p[0], y: p[1] }; });
+      var askPts = depth.asks.map(function (p) { return { x: p[0], y: p[1] }; });
+      upsert("depth", "depth-chart", {
+        type: "line",
+        data: { labels: [], datasets: [
+          { label: "Bids (cumulative Mtok)", data: bidPts, stepped: true, fill: true, borderColor: "#137a3f", backgroundColor: "rgba(19,122,63,.15)", pointRadius: 0 },
+          { label: "Asks (cumulative Mtok)", data: askPts, stepped: true, fill: true, borderColor: "#b42318", backgroundColor: "rgba(180,35,24,.15)", pointRadius: 0 }
+        ] },
+        options: Object.assign({}, baseOptions, { parsing: false, scales: {
+          x: { type: "linear", title: { display: true, text: "price per Mtok" } },
+          y: { beginAtZero: true, title: { display: true, text: "Mtok" } }
+        } })
+      });
+    }
+    var candles = readJSON("candles-data");
+    var empty = document.getElementById("price-empty");
+    if (empty && candles) empty.hidden = candles.labels.length > 0;
+    if (candles) {
+      upsert("price", "price-chart", {
+        type: "line",
+        data: {
+          labels: candles.labels.map(function (l) { return shortTime(l, candles.interval); }),
+          datasets: [
+            { label: "Close", data: candles.close.map(Number), borderColor: "#1f6feb", backgroundColor: "#1f6feb", pointRadius: 2, tension: 0, yAxisID: "y" },
+            { label: "High", data: candles.high.map(Number), borderColor: "rgba(19,122,63,.5)", borderDash: [4, 3], pointRadius: 0, yAxisID: "y" },
+            { label: "Low", data: candles.low.map(Number), borderColor: "rgba(180,35,24,.5)", borderDash: [4, 3], pointRadius: 0, yAxisID: "y" },
+            { label: "Volume (Mtok)", data: candles.volume, type: "bar", backgroundColor: "rgba(91,103,117,.25)", yAxisID: "v" }
+          ]
+        },
+        options: Object.assign({}, baseOptions, { scales: {
+          y: { position: "left", title: { display: true, text: "price per Mtok" } },
+          v: { position: "right", beginAtZero: true, grid: { drawOnChartArea: false }, title: { display: true, text: "Mtok" } }
+        } })
+      });
+    }
+  }
+
+  function drawSeriesCharts() {
+    document.querySelectorAll("canvas[data-series]").forEach(function (canvas) {
+      var data = readJSON(canvas.getAttribute("data-series"));
+      if (!data) return;
+      var kind = canvas.getAttribute("data-kind") || "bar";
+      var colors = ["#1f6feb", "#137a3f", "#b42318", "#8a4b00"];
+      var sets = (data.datasets || []).map(function (ds, i) {
+        return { label: ds.label, data: ds.data.map(Number), borderColor: colors[i % 4], backgroundColor: kind === "bar" ? colors[i % 4] : "transparent", pointRadius: kind === "line" ? 1 : 0, tension: 0 };
+      });
+      var small = canvas.hasAttribute("data-small");
+      upsert(canvas.id, canvas.id, {
+        type: kind,
+        data: { labels: data.labels, datasets: sets },
+        options: Object.assign({}, baseOptions, {
+          plugins: { legend: { display: !small, position: "bottom", labels: { boxWidth: 12 } } },
+          scales: small ? { x: { display: false }, y: { display: false } } : { y: { beginAtZero: kind === "bar" } }
+        })
+      });
+    });
+  }
+
+  function refresh(root) {
+    syncSide(root);
+    drawInstrumentCharts();
+    drawSeriesCharts();
+  }
+
+  document.addEventListener("DOMContentLoaded", function () { refresh(document); });
+  // Live parts arrive out of band (hx-swap-oob); redraw once per response.
+  var pending = false;
+  function refreshSoon() {
+    if (pending) return;
+    pending = true;
+    window.setTimeout(function () { pending = false; refresh(document); }, 0);
+  }
+  document.addEventListener("htmx:afterSettle", refreshSoon);
+  document.addEventListener("htmx:oobAfterSwap", refreshSoon);
+})();
