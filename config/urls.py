@@ -7,6 +7,8 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/v1/", include(("marketplace.api.urls", "api"), namespace="api")),
+    path("api/v1/", include(("pricing.urls", "pricing"), namespace="pricing")),
+    path("api/v1/", include(("metering.urls", "metering"), namespace="metering")),
     path("", include(("marketplace.web.urls", "web"), namespace="web")),
 ]
 

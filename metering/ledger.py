@@ -8,12 +8,13 @@ settlement deadlock-free.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F
+from django.utils import timezone
 
 from marketplace.models import Account
 
@@ -87,6 +88,32 @@ def ledger_account_ids(account_ids: Iterable[int], kind: str) -> dict[int, int]:
     return rows
 
 
+@dataclass(frozen=True)
+class Posting:
+    """One balanced transaction to post: legs are (ledger account id, signed amount)."""
+
+    key: str
+    kind: str
+    legs: Sequence[tuple[int, Decimal]]
+    memo: str = ""
+
+
+def _net_legs(posting: Posting) -> list[tuple[int, Decimal]]:
+    net: dict[int, Decimal] = defaultdict(Decimal)
+    for ledger_account_id, amount in posting.legs:
+        if not isinstance(amount, Decimal) or not amount.is_finite():
+            raise LedgerError(f"amount {amount!r} is not a finite Decimal")
+        if amount != amount.quantize(Decimal("0.01")):
+            raise LedgerError(f"amount {amount} has more than 2 decimal places")
+        net[ledger_account_id] += amount
+    legs_net = sorted((a, amt) for a, amt in net.items() if amt != 0)
+    if sum((amt for _, amt in legs_net), Decimal(0)) != 0:
+        raise UnbalancedTransaction(f"transaction {posting.key} does not sum to zero")
+    if not legs_net:
+        raise LedgerError(f"transaction {posting.key} moves no money")
+    return legs_net
+
+
 def ledger_post(
     *, key: str, kind: str, legs: Iterable[tuple[int, Decimal]], memo: str = ""
 ) -> LedgerTransaction:
@@ -96,52 +123,73 @@ def ledger_post(
     InsufficientFunds (a participant balance would go negative: the database CHECK refuses it)
     or AlreadyPosted (the key exists). Runs in a savepoint, so a refusal changes nothing.
     """
-    net: dict[int, Decimal] = defaultdict(Decimal)
-    for ledger_account_id, amount in legs:
-        if not isinstance(amount, Decimal) or not amount.is_finite():
-            raise LedgerError(f"amount {amount!r} is not a finite Decimal")
-        if amount != amount.quantize(Decimal("0.01")):
-            raise LedgerError(f"amount {amount} has more than 2 decimal places")
-        net[ledger_account_id] += amount
-    legs_net = sorted((a, amt) for a, amt in net.items() if amt != 0)
-    if sum((amt for _, amt in legs_net), Decimal(0)) != 0:
-        raise UnbalancedTransaction(f"transaction {key} does not sum to zero")
-    if not legs_net:
-        raise LedgerError(f"transaction {key} moves no money")
+    return ledger_post_many(postings=[Posting(key=key, kind=kind, legs=list(legs), memo=memo)])[0]
 
+
+def ledger_post_many(*, postings: Sequence[Posting]) -> list[LedgerTransaction]:
+    """Post several balanced transactions with a constant number of statements.
+
+    All or nothing (one savepoint); the same refusals as ledger_post. Each account's balance is
+    updated once by the net of all postings, under its row lock, and each entry records the
+    running balance after it (in posting order, which is also entry id order).
+    """
+    nets = [_net_legs(p) for p in postings]
+    if not nets:
+        return []
     try:
         with transaction.atomic():
-            txn = LedgerTransaction.objects.create(key=key, kind=kind, memo=memo[:255])
-            LedgerEntry.objects.bulk_create(
-                [
-                    LedgerEntry(transaction=txn, account_id=a, amount=amt, created_at=txn.created_at)
-                    for a, amt in legs_net
-                ]
+            now = timezone.now()
+            txns = LedgerTransaction.objects.bulk_create(
+                [LedgerTransaction(key=p.key, kind=p.kind, memo=p.memo[:255], created_at=now) for p in postings]
             )
-            _apply_balances(legs_net)
+            totals: dict[int, Decimal] = defaultdict(Decimal)
+            for legs in nets:
+                for a, amt in legs:
+                    totals[a] += amt
+            final = _apply_balances(sorted(totals.items()))
+            running = {a: final[a] - totals[a] for a in totals}
+            entries = []
+            for txn, legs in zip(txns, nets, strict=True):
+                for a, amt in legs:
+                    running[a] += amt
+                    entries.append(
+                        LedgerEntry(transaction=txn, account_id=a, amount=amt, balance_after=running[a], created_at=now)
+                    )
+            LedgerEntry.objects.bulk_create(entries, batch_size=5000)
     except IntegrityError as exc:
-        existing = LedgerTransaction.objects.filter(key=key).first()
+        existing = LedgerTransaction.objects.filter(key__in=[p.key for p in postings]).first()
         if existing is not None:
             raise AlreadyPosted(existing) from None
         if "ledger_no_negative_balance" in str(exc) or "CHECK constraint failed" in str(exc):
             raise InsufficientFunds() from None
         raise
-    return txn
+    return txns
 
 
-def _apply_balances(legs: list[tuple[int, Decimal]]) -> None:
-    """Add each leg to its account's balance; legs are sorted by account id (the lock order)."""
-    if connection.vendor == "postgresql" and len(legs) > 2:
-        ids = [a for a, _ in legs]
-        with connection.cursor() as cur:
-            cur.execute(
-                "SELECT id FROM metering_ledgeraccount WHERE id = ANY(%s) ORDER BY id FOR UPDATE", [ids]
-            )
+def _apply_balances(legs: list[tuple[int, Decimal]]) -> dict[int, Decimal]:
+    """Add each delta to its account's balance and return the new balances.
+
+    Legs are sorted by account id: the lock order. On PostgreSQL with more than two accounts the
+    rows are locked in that order first, then updated in one statement.
+    """
+    out: dict[int, Decimal] = {}
+    with connection.cursor() as cur:
+        if connection.vendor == "postgresql" and len(legs) > 2:
+            ids = [a for a, _ in legs]
+            cur.execute("SELECT id FROM metering_ledgeraccount WHERE id = ANY(%s) ORDER BY id FOR UPDATE", [ids])
             cur.execute(
                 "UPDATE metering_ledgeraccount AS la SET balance = la.balance + v.delta "
-                "FROM unnest(%s::bigint[], %s::numeric[]) AS v(id, delta) WHERE la.id = v.id",
+                "FROM unnest(%s::bigint[], %s::numeric[]) AS v(id, delta) WHERE la.id = v.id "
+                "RETURNING la.id, la.balance",
                 [ids, [amt for _, amt in legs]],
             )
-        return
-    for ledger_account_id, amount in legs:
-        LedgerAccount.objects.filter(pk=ledger_account_id).update(balance=F("balance") + amount)
+            out = {row[0]: Decimal(row[1]) for row in cur.fetchall()}
+        else:
+            for ledger_account_id, amount in legs:
+                cur.execute(
+                    "UPDATE metering_ledgeraccount SET balance = balance + %s WHERE id = %s RETURNING balance",
+                    [amount, ledger_account_id],
+                )
+                # SQLite hands NUMERIC arithmetic back as a float: round it to the cent it is.
+                out[ledger_account_id] = Decimal(str(cur.fetchone()[0])).quantize(Decimal("0.01"))
+    return out

@@ -91,6 +91,10 @@ class LedgerEntry(models.Model):
     transaction = models.ForeignKey(LedgerTransaction, on_delete=models.PROTECT, related_name="entries")
     account = models.ForeignKey(LedgerAccount, on_delete=models.PROTECT, related_name="entries")
     amount = models.DecimalField(max_digits=20, decimal_places=2)
+    # The account's balance right after this entry: the running balance of a statement. Set by
+    # ledger_post from the balance it updates under the account's row lock, so entries of one
+    # account are in id order = balance order.
+    balance_after = models.DecimalField(max_digits=20, decimal_places=2, null=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
