@@ -36,7 +36,12 @@ def test_refusals_carry_the_security_headers_too(db):
     for r in (
         Client().get("/api/v1/orders"),  # 401
         Client().get("/api/v1/no-such-endpoint"),  # 404
-        Client().post("/api/v1/orders", data="x" * 10, content_type="application/json", CONTENT_LENGTH="999999999"),
+        Client().post(
+            "/api/v1/orders",
+            data="x" * 10,
+            content_type="application/json",
+            CONTENT_LENGTH="999999999",
+        ),
     ):
         assert r.status_code in (401, 404, 413), r.status_code
         assert_common_headers(r)

@@ -16,7 +16,11 @@ BASE_DIR = str(settings.BASE_DIR)
 
 
 def manage(*args: str, **env: str) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if k not in {"DEBUG", "SECRET_KEY", "DJANGO_ENV", "ALLOWED_HOSTS"}}
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"DEBUG", "SECRET_KEY", "DJANGO_ENV", "ALLOWED_HOSTS"}
+    }
     clean.update(env)
     return subprocess.run(
         [sys.executable, "manage.py", *args],
@@ -68,7 +72,10 @@ def test_production_refuses_to_start_without_a_real_secret_key(secret):
 
 def test_production_takes_the_secret_key_from_the_environment_only():
     key = secrets.token_urlsafe(50)
-    script = "from django.conf import settings; print(settings.SECRET_KEY == %r, settings.DEBUG)" % key
+    script = (
+        "from django.conf import settings; print(settings.SECRET_KEY == %r, settings.DEBUG)"
+        % key
+    )
     result = manage("shell", "-c", script, **production_env(SECRET_KEY=key))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "True False"
@@ -87,4 +94,11 @@ def test_production_turns_on_https_only_settings():
     )
     result = manage("shell", "-c", script, **production_env())
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1].split() == ["True", "True", "True", "True", "True", "DENY"]
+    assert result.stdout.strip().splitlines()[-1].split() == [
+        "True",
+        "True",
+        "True",
+        "True",
+        "True",
+        "DENY",
+    ]
