@@ -33,7 +33,9 @@ def _dt_param(request, name: str) -> dt.datetime | None:
     try:
         value = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
-        raise ServiceError("invalid_parameter", f"{name} must be an ISO-8601 time, e.g. 2026-11-26T00:00:00Z.", field=name) from None
+        raise ServiceError(
+            "invalid_parameter", f"{name} must be an ISO-8601 time, e.g. 2026-11-26T00:00:00Z.", field=name
+        ) from None
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.UTC)
     return value
@@ -85,7 +87,11 @@ class CandlesView(PublicView):
         ],
         responses=inline_serializer(
             "Candles",
-            {"instrument": serializers.CharField(), "interval": serializers.CharField(), "candles": _candle.__class__(many=True)},
+            {
+                "instrument": serializers.CharField(),
+                "interval": serializers.CharField(),
+                "candles": _candle.__class__(many=True),
+            },
         ),
     )
     def get(self, request, symbol: str):
@@ -124,8 +130,16 @@ class StatsView(PublicView):
                 **{
                     k: serializers.CharField(allow_null=True)
                     for k in (
-                        "last_price", "best_bid", "best_ask", "spread", "mid", "open_24h", "high_24h", "low_24h",
-                        "change_24h", "vwap_24h",
+                        "last_price",
+                        "best_bid",
+                        "best_ask",
+                        "spread",
+                        "mid",
+                        "open_24h",
+                        "high_24h",
+                        "low_24h",
+                        "change_24h",
+                        "vwap_24h",
                     )
                 },
                 "last_trade_at": serializers.DateTimeField(allow_null=True),
@@ -190,7 +204,9 @@ class FloorsView(PublicView):
     )
     def get(self, request):
         q = request.query_params
-        rows = selectors.energy_floor_list(tier=q.get("tier") or None, region=q.get("region") or None, hardware=q.get("hardware") or None)
+        rows = selectors.energy_floor_list(
+            tier=q.get("tier") or None, region=q.get("region") or None, hardware=q.get("hardware") or None
+        )
         from django.conf import settings
 
         return Response(
@@ -217,11 +233,15 @@ class FloorsView(PublicView):
 def _quantity_param(request) -> int:
     raw = request.query_params.get("quantity")
     if raw is None:
-        raise ServiceError("invalid_parameter", "quantity is required (tokens, a multiple of the lot size).", field="quantity")
+        raise ServiceError(
+            "invalid_parameter", "quantity is required (tokens, a multiple of the lot size).", field="quantity"
+        )
     try:
         value = int(raw)
     except ValueError:
-        raise ServiceError("invalid_parameter", "quantity must be a whole number of tokens.", field="quantity") from None
+        raise ServiceError(
+            "invalid_parameter", "quantity must be a whole number of tokens.", field="quantity"
+        ) from None
     if not 0 < value <= 10**15:
         raise ServiceError("invalid_parameter", "quantity must be between 1 and 10^15 tokens.", field="quantity")
     return value
@@ -265,7 +285,11 @@ class QuoteView(PublicView):
                 "stopped_by": serializers.CharField(),
                 "levels": inline_serializer(
                     "QuoteLevel",
-                    {"price": serializers.CharField(), "quantity": serializers.IntegerField(), "hardware": serializers.CharField()},
+                    {
+                        "price": serializers.CharField(),
+                        "quantity": serializers.IntegerField(),
+                        "hardware": serializers.CharField(),
+                    },
                     many=True,
                 ),
             },
@@ -297,7 +321,10 @@ class QuoteView(PublicView):
                 "notional": str(result.notional),
                 "taker_fee": str(result.taker_fee),
                 "stopped_by": result.stopped_by,
-                "levels": [{"price": price_str(lv.price), "quantity": lv.quantity, "hardware": lv.hardware} for lv in result.levels],
+                "levels": [
+                    {"price": price_str(lv.price), "quantity": lv.quantity, "hardware": lv.hardware}
+                    for lv in result.levels
+                ],
             }
         )
 
@@ -327,7 +354,9 @@ class SuggestedPriceView(PublicView):
         inst = services.instrument_get(symbol=symbol)
         hardware = request.query_params.get("hardware")
         if not hardware:
-            raise ServiceError("hardware_required", "Name the hardware you would sell, e.g. ?hardware=h100.", field="hardware")
+            raise ServiceError(
+                "hardware_required", "Name the hardware you would sell, e.g. ?hardware=h100.", field="hardware"
+            )
         s = quote.instrument_suggested_price(instrument=inst, hardware=hardware)
         return Response(
             {

@@ -108,8 +108,8 @@ class _Flow:
             path = self._path(s, t)
             if path is None:
                 break
-            amount = min(min(self.cap[u][v] for u, v in zip(path, path[1:])), limit - pushed)
-            for u, v in zip(path, path[1:]):
+            amount = min(min(self.cap[u][v] for u, v in zip(path, path[1:], strict=False)), limit - pushed)
+            for u, v in zip(path, path[1:], strict=False):
                 self.cap[u][v] -= amount
                 self.cap[v][u] += amount
             pushed += amount

@@ -67,7 +67,9 @@ def _validate(
     known = set(Hardware.objects.values_list("code", flat=True))
     if side == "buy":
         if hardware:
-            raise ServiceError("invalid_hardware", "hardware is for sell quotes; a buy lists allowed_hardware.", field="hardware")
+            raise ServiceError(
+                "invalid_hardware", "hardware is for sell quotes; a buy lists allowed_hardware.", field="hardware"
+            )
         unknown = sorted(set(allowed_hardware) - known)
         if unknown:
             raise ServiceError("unknown_hardware", f"Unknown hardware {', '.join(unknown)}.", field="allowed_hardware")
@@ -209,7 +211,9 @@ def instrument_suggested_price(
         idx = selectors.IndexValue.objects.filter(tier_id=instrument.tier_id).order_by("-day").first()
         if idx is not None:
             ref, source = idx.value, "index"
-            reasoning.append(f"Reference: no market in this book; the {instrument.tier.code} Token Price Index of {idx.day}, {idx.value}.")
+            reasoning.append(
+                f"Reference: no market in this book; the {instrument.tier.code} Token Price Index of {idx.day}, {idx.value}."
+            )
         elif floor is not None:
             ref, source = floor, "floor"
             reasoning.append("Reference: no market information at all; starting from the energy floor.")
@@ -218,8 +222,14 @@ def instrument_suggested_price(
     if ref is not None:
         low, high = ref * (1 - BAND), ref * (1 + BAND)
         flow = selectors.trades_in_window(instrument=instrument, since=now - dt.timedelta(hours=24))
-        demand = selectors.resting_quantity(instrument=instrument, side="buy", low=low, high=high, hardware=hardware) + flow["buy"]
-        supply = selectors.resting_quantity(instrument=instrument, side="sell", low=low, high=high, hardware=None) + flow["sell"]
+        demand = (
+            selectors.resting_quantity(instrument=instrument, side="buy", low=low, high=high, hardware=hardware)
+            + flow["buy"]
+        )
+        supply = (
+            selectors.resting_quantity(instrument=instrument, side="sell", low=low, high=high, hardware=None)
+            + flow["sell"]
+        )
         if demand + supply:
             imbalance = (Decimal(demand - supply) / Decimal(demand + supply)).quantize(Decimal("0.0001"))
             adjustment = (imbalance * MAX_ADJUSTMENT).quantize(Decimal("0.0001"))
@@ -247,12 +257,12 @@ def instrument_suggested_price(
         )
     price = max(price, tick)
     book, _ = selectors.instrument_engine_book(instrument=instrument)
-    bids = [
-        q.best().price for allowed, q in book.bids.items() if len(q) and (not allowed or hardware in allowed)
-    ]
+    bids = [q.best().price for allowed, q in book.bids.items() if len(q) and (not allowed or hardware in allowed)]
     best_bid = max(bids) if bids else None
     if best_bid is not None and best_bid >= price:
-        reasoning.append(f"A sell at {price} would trade at once against the best bid {best_bid} that accepts {hardware}.")
+        reasoning.append(
+            f"A sell at {price} would trade at once against the best bid {best_bid} that accepts {hardware}."
+        )
     return SuggestedPrice(
         hardware=hardware,
         suggested_price=price,

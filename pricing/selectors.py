@@ -139,7 +139,13 @@ def instrument_candles(
             close = price_at[r["last_seq"]]
             candles.append(
                 Candle(
-                    t, price_at[r["first_seq"]], _price(r["high"]), _price(r["low"]), close, int(r["volume"]), r["trades"],
+                    t,
+                    price_at[r["first_seq"]],
+                    _price(r["high"]),
+                    _price(r["low"]),
+                    close,
+                    int(r["volume"]),
+                    r["trades"],
                     vwap(r["notional"], r["volume"]),
                 )
             )
@@ -289,7 +295,9 @@ def instrument_floors(*, instrument: Instrument) -> dict[str, Decimal]:
     """Floor per hardware code for an instrument's tier and region (what a provider sees)."""
     return {
         row.hardware: row.floor
-        for row in energy_floor_list(tier=instrument.tier.code, region=instrument.region.code, tick=instrument.tick_size)
+        for row in energy_floor_list(
+            tier=instrument.tier.code, region=instrument.region.code, tick=instrument.tick_size
+        )
     }
 
 
@@ -392,6 +400,3 @@ def resting_quantity(*, instrument: Instrument, side: str, low: Decimal, high: D
             continue
         total += qty - filled
     return total
-
-
-

@@ -3,14 +3,31 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from collections import defaultdict
 from decimal import Decimal
 
 import pytest
+from django.utils import timezone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from rest_framework.test import APIClient
 
+from marketplace.models import Instrument, Order, Trade
+from metering.selectors import balances_get
+from pricing import tasks
 from pricing.auction import BUY, SELL, AuctionOrder, clear, clearing_price
+from pricing.models import CallAuction
+from pricing.services import (
+    auction_clear,
+    auction_gate_closure,
+    auction_open,
+    auctions_clear_due,
+    auctions_open_due,
+    instrument_match,
+)
+from tests import factories
+from tests.invariants import assert_invariants
 
 D = Decimal
 
@@ -34,8 +51,12 @@ def test_textbook_cross_clears_at_the_max_volume_price():
     #   2.10    20    15    15   <- same volume, imbalance 5 beats 15 at 2.00
     #   2.20    10    30    10
     orders = [
-        buy(1, "2.20", 10), buy(2, "2.10", 10), buy(3, "2.00", 10),
-        sell(4, "1.90", 5), sell(5, "2.00", 10), sell(6, "2.20", 15),
+        buy(1, "2.20", 10),
+        buy(2, "2.10", 10),
+        buy(3, "2.00", 10),
+        sell(4, "1.90", 5),
+        sell(5, "2.00", 10),
+        sell(6, "2.20", 15),
     ]
     result = clear(orders)
     assert (result.price, result.volume, result.demand, result.supply) == (D("2.10"), 15, 20, 15)
@@ -79,8 +100,10 @@ def test_hardware_restrictions_make_it_a_matching_not_a_sum():
     # Buy 1 takes anything, buy 2 only h100. Greedy by priority alone would give the h100 to
     # buy 1 and leave buy 2 unfilled; the max-flow re-routes buy 1 to the b200.
     orders = [
-        buy(1, "3.00", 10), buy(2, "3.00", 10, allowed={"h100"}),
-        sell(3, "1.00", 10, hw="h100"), sell(4, "1.00", 10, hw="b200"),
+        buy(1, "3.00", 10),
+        buy(2, "3.00", 10, allowed={"h100"}),
+        sell(3, "1.00", 10, hw="h100"),
+        sell(4, "1.00", 10, hw="b200"),
     ]
     result = clear(orders)
     assert result.volume == 20 and result.filled == {1: 10, 2: 10, 3: 10, 4: 10}
@@ -193,3 +216,199 @@ def test_indicative_price_equals_the_clearing_price():
     indicative = clearing_price(orders)
     final = clear(orders)
     assert (indicative.price, indicative.volume) == (final.price, final.volume)
+
+
+# --- clearing in the database -------------------------------------------------------------------
+
+
+def _provider():
+    return factories.AccountFactory(is_buyer=False, is_provider=True)
+
+
+@pytest.mark.django_db
+def test_orders_collect_during_the_auction_and_clear_at_one_price(instrument, buyer, other_buyer, provider):
+    auction = auction_open(instrument=instrument)
+    assert auction.gate_closure_at == auction_gate_closure(delivery_date=instrument.delivery_date)
+    p2 = _provider()
+    b1 = factories.place(buyer, instrument, "buy", 10, "2.20")
+    b2 = factories.place(other_buyer, instrument, "buy", 10, "2.10")
+    b3 = factories.place(buyer, instrument, "buy", 10, "2.00")
+    s1 = factories.place(provider, instrument, "sell", 5, "1.90")
+    s2 = factories.place(p2, instrument, "sell", 10, "2.00")
+    s3 = factories.place(provider, instrument, "sell", 15, "2.20")
+    # Collecting: the matcher leaves them alone.
+    assert instrument_match(instrument_id=instrument.pk).processed == 0
+    assert Trade.objects.count() == 0 and Order.objects.filter(pending_match=True).count() == 6
+    r = APIClient().get(f"/api/v1/instruments/{instrument.symbol}/auction").json()
+    assert (r["status"], r["indicative"], r["clearing_price"], r["volume"]) == ("collecting", True, "2.10", 15_000_000)
+
+    result = auction_clear(instrument_id=instrument.pk, now=auction.gate_closure_at)
+    assert (result.status, result.clearing_price, result.volume, result.imbalance) == (
+        "cleared",
+        D("2.10"),
+        15_000_000,
+        5_000_000,
+    )
+    trades = list(Trade.objects.order_by("match_sequence"))
+    assert {t.price for t in trades} == {D("2.10")}
+    assert sum(t.quantity for t in trades) == 15_000_000
+    for o in (b1, b2, b3, s1, s2, s3):
+        o.refresh_from_db()
+    # b1 (best bid) fills in full, b2 gets the 5 left at the margin; s1 and s2 fill in full.
+    assert [(o.filled_quantity // 10**6, o.status) for o in (b1, b2, b3, s1, s2, s3)] == [
+        (10, "filled"),
+        (5, "partially_filled"),
+        (0, "open"),
+        (5, "filled"),
+        (10, "filled"),
+        (0, "open"),
+    ]
+    # Escrow: b1 reserved 10 lots at its 2.20 limit; it now holds only its contracts at 2.10.
+    held = sum(t.buyer_escrow for t in trades if t.buyer_id == buyer.pk)
+    b3_reserve = 10 * b3.reserve_per_lot
+    assert balances_get(account=buyer)["escrow"] == held + b3_reserve
+    assert_invariants()
+
+    # Continuous trading opens: the remainders rest, and a new crossing order trades at once.
+    instrument_match(instrument_id=instrument.pk)
+    assert not Order.objects.filter(pending_match=True).exists()
+    instrument.book.refresh_from_db()
+    assert (instrument.book.best_bid, instrument.book.best_ask, instrument.book.last_price) == (
+        D("2.10"),
+        D("2.20"),
+        D("2.10"),
+    )
+    factories.place(p2, instrument, "sell", 5, "2.10")
+    instrument_match(instrument_id=instrument.pk)
+    b2.refresh_from_db()
+    assert b2.status == "filled"
+    r = APIClient().get(f"/api/v1/instruments/{instrument.symbol}/auction").json()
+    assert (r["status"], r["indicative"], r["clearing_price"], r["trades"], r["orders"]) == (
+        "cleared",
+        False,
+        "2.10",
+        len(trades),
+        6,
+    )
+    # Clearing twice does nothing.
+    auction_clear(instrument_id=instrument.pk)
+    assert Trade.objects.filter(price=D("2.10")).count() == len(trades) + 1
+    assert_invariants()
+
+
+@pytest.mark.django_db
+def test_an_empty_cross_trades_nothing_and_the_orders_rest(instrument, buyer, provider):
+    auction_open(instrument=instrument)
+    factories.place(buyer, instrument, "buy", 10, "1.00")
+    factories.place(provider, instrument, "sell", 10, "1.50")
+    result = auction_clear(instrument_id=instrument.pk)
+    assert (result.clearing_price, result.volume, result.demand, result.supply) == (None, 0, 10_000_000, 10_000_000)
+    assert Trade.objects.count() == 0
+    instrument_match(instrument_id=instrument.pk)
+    instrument.book.refresh_from_db()
+    assert (instrument.book.best_bid, instrument.book.best_ask) == (D("1.00"), D("1.50"))
+    assert_invariants()
+
+
+@pytest.mark.django_db
+def test_ioc_remainders_are_cancelled_and_fok_waits_for_continuous_trading(instrument, buyer, other_buyer, provider):
+    auction_open(instrument=instrument)
+    ioc = factories.place(buyer, instrument, "buy", 10, "2.00", time_in_force="ioc")
+    fok = factories.place(other_buyer, instrument, "buy", 2, "2.00", time_in_force="fok")
+    factories.place(provider, instrument, "sell", 4, "2.00")
+    auction_clear(instrument_id=instrument.pk)
+    ioc.refresh_from_db()
+    fok.refresh_from_db()
+    assert (ioc.filled_quantity, ioc.status, ioc.status_reason) == (4_000_000, "cancelled", "ioc_remainder")
+    assert (fok.filled_quantity, fok.status, fok.pending_match) == (0, "open", True)
+    assert balances_get(account=buyer)["escrow"] == sum(t.buyer_escrow for t in Trade.objects.filter(buyer=buyer))
+    assert_invariants()
+    # Continuous trading: nothing left to sell, so the FOK is killed.
+    instrument_match(instrument_id=instrument.pk)
+    fok.refresh_from_db()
+    assert (fok.status, fok.status_reason) == ("cancelled", "fok_not_fillable")
+    assert_invariants()
+
+
+@pytest.mark.django_db
+def test_hardware_rule_and_self_trade_hold_in_the_database(instrument, buyer):
+    trader = factories.AccountFactory(is_buyer=True, is_provider=True)
+    factories.fund(trader, D("1000.00"))
+    p = _provider()
+    auction_open(instrument=instrument)
+    factories.place(buyer, instrument, "buy", 2, "3.00", allowed_hardware=["b200"])
+    factories.place(trader, instrument, "buy", 2, "3.00")
+    factories.place(trader, instrument, "sell", 2, "1.00", hardware="h100")
+    factories.place(p, instrument, "sell", 2, "1.00", hardware="b200")
+    auction_clear(instrument_id=instrument.pk)
+    # The b200 goes to the buyer who only takes b200; the trader cannot buy its own h100.
+    assert sorted((t.buyer_id, t.hardware.code) for t in Trade.objects.select_related("hardware")) == [
+        (buyer.pk, "b200")
+    ]
+    assert_invariants()
+
+
+@pytest.mark.django_db
+def test_auctions_open_for_tomorrow_before_the_gate_and_clear_after(catalog, buyer, provider):
+    now = timezone.now()
+    tomorrow = now.date() + dt.timedelta(days=1)
+    gate = auction_gate_closure(delivery_date=tomorrow)
+    before, after = gate - dt.timedelta(hours=1), gate + dt.timedelta(seconds=1)
+    assert auctions_open_due(now=after) == 0
+    opened = auctions_open_due(now=before)
+    assert opened == Instrument.objects.filter(delivery_date=tomorrow).count() > 0
+    assert not CallAuction.objects.exclude(instrument__delivery_date=tomorrow).exists()
+    assert auctions_open_due(now=before) == 0  # idempotent
+    inst = Instrument.objects.get(delivery_date=tomorrow, tier__code="standard", region__code="cn-west-1")
+    factories.place(buyer, inst, "buy", 1, "2.00")
+    factories.place(provider, inst, "sell", 1, "2.00")
+    # The sweep leaves collecting books alone (their pending orders are not lost).
+    assert tasks.sweep()["enqueued"] == 0
+    assert auctions_clear_due(now=before) == []
+    cleared = auctions_clear_due(now=after)
+    assert len(cleared) == opened
+    assert CallAuction.objects.get(instrument=inst).volume == 1_000_000
+    assert not CallAuction.objects.filter(status="collecting").exists()
+    assert_invariants()
+
+
+@pytest.mark.django_db
+def test_auction_api_for_a_book_without_an_auction_is_404(instrument):
+    r = APIClient().get(f"/api/v1/instruments/{instrument.symbol}/auction")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "no_call_auction"
+
+
+_db_days = itertools.count(1)
+
+
+@pytest.mark.django_db
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+@given(auction_books())
+def test_property_database_clearing_matches_the_pure_clearing_and_keeps_the_invariants(catalog, book):
+    orders, ref = book
+    inst = factories.open_instrument(day=timezone.now().date() + dt.timedelta(days=next(_db_days)))
+    auction_open(instrument=inst)
+    accounts = {}
+    for a in {o.account_id for o in orders}:
+        acct = factories.AccountFactory(is_buyer=True, is_provider=True)
+        factories.fund(acct, D("1000.00"))
+        accounts[a] = acct
+    for o in orders:
+        kw = {"hardware": o.hardware} if o.side == SELL else {"allowed_hardware": sorted(o.allowed)}
+        factories.place(accounts[o.account_id], inst, o.side, o.quantity, str(o.price), **kw)
+    result = auction_clear(instrument_id=inst.pk)
+    expected = clear(
+        [
+            AuctionOrder(o.id, o.seq, o.account_id, o.side, o.price, o.quantity * 1_000_000, o.hardware, o.allowed)
+            for o in orders
+        ],
+        reference_price=None,
+    )
+    assert (result.clearing_price, result.volume) == (expected.price, expected.volume)
+    traded = Trade.objects.filter(instrument=inst)
+    assert sum(t.quantity for t in traded) == expected.volume
+    assert all(t.price == expected.price for t in traded)
+    instrument_match(instrument_id=inst.pk)
+    assert_invariants()

@@ -31,17 +31,36 @@ def market(instrument, buyer, provider):
 
     def trade(when, price, mtok, aggressor="buy", hardware=None):
         return Trade.objects.create(
-            instrument=instrument, buy_order=buy, sell_order=sell, buyer=buy.account, seller=sell.account,
-            hardware_id=sell.hardware_id, quantity=mtok * 1_000_000, price=D(price), aggressor_side=aggressor,
-            match_sequence=next(seq), executed_at=when,
+            instrument=instrument,
+            buy_order=buy,
+            sell_order=sell,
+            buyer=buy.account,
+            seller=sell.account,
+            hardware_id=sell.hardware_id,
+            quantity=mtok * 1_000_000,
+            price=D(price),
+            aggressor_side=aggressor,
+            match_sequence=next(seq),
+            executed_at=when,
         )
 
     return trade
 
 
 def rows(candles):
-    return [(c.start.strftime("%H:%M"), str(c.open), str(c.high), str(c.low), str(c.close), c.volume // 10**6, c.trades,
-             None if c.vwap is None else str(c.vwap)) for c in candles]
+    return [
+        (
+            c.start.strftime("%H:%M"),
+            str(c.open),
+            str(c.high),
+            str(c.low),
+            str(c.close),
+            c.volume // 10**6,
+            c.trades,
+            None if c.vwap is None else str(c.vwap),
+        )
+        for c in candles
+    ]
 
 
 def test_one_minute_candles_with_an_empty_bucket_carried_forward(instrument, market):
@@ -74,9 +93,9 @@ def test_a_single_trade_is_its_own_open_high_low_close_and_vwap(instrument, mark
     market(at(13, 45, 7), "3.33", 5)
     for interval in ("1m", "1h", "1d"):
         candles = instrument_candles(instrument=instrument, interval=interval, start=at(13, 45), end=at(13, 46))
-        assert [(str(c.open), str(c.high), str(c.low), str(c.close), c.volume, c.trades, str(c.vwap)) for c in candles] == [
-            ("3.3300", "3.3300", "3.3300", "3.3300", 5_000_000, 1, "3.3300")
-        ], interval
+        assert [
+            (str(c.open), str(c.high), str(c.low), str(c.close), c.volume, c.trades, str(c.vwap)) for c in candles
+        ] == [("3.3300", "3.3300", "3.3300", "3.3300", 5_000_000, 1, "3.3300")], interval
 
 
 def test_hourly_and_daily_buckets_aggregate_in_the_database(instrument, market):
@@ -139,10 +158,26 @@ def test_candles_api(instrument, market):
     )
     assert r.status_code == 200, r.json()
     assert r.json()["candles"] == [
-        {"start": "2026-01-05T10:00:00.000000Z", "open": "2.00", "high": "2.00", "low": "2.00", "close": "2.00",
-         "volume": 3_000_000, "trades": 1, "vwap": "2.00"},
-        {"start": "2026-01-05T10:01:00.000000Z", "open": "2.00", "high": "2.00", "low": "2.00", "close": "2.00",
-         "volume": 0, "trades": 0, "vwap": None},
+        {
+            "start": "2026-01-05T10:00:00.000000Z",
+            "open": "2.00",
+            "high": "2.00",
+            "low": "2.00",
+            "close": "2.00",
+            "volume": 3_000_000,
+            "trades": 1,
+            "vwap": "2.00",
+        },
+        {
+            "start": "2026-01-05T10:01:00.000000Z",
+            "open": "2.00",
+            "high": "2.00",
+            "low": "2.00",
+            "close": "2.00",
+            "volume": 0,
+            "trades": 0,
+            "vwap": None,
+        },
     ]
     r = api.get(f"/api/v1/instruments/{instrument.symbol}/stats")
     assert r.status_code == 200 and r.json()["instrument"] == instrument.symbol

@@ -57,9 +57,17 @@ def test_floors_api_lists_every_pair_and_filters(catalog):
     assert len(floors) == Tier.objects.count() * Hardware.objects.count() * Region.objects.count()
     r = api.get("/api/v1/floors", {"tier": "frontier", "hardware": "b200", "region": "eu-central-1"})
     assert r.json()["floors"] == [
-        {"tier": "frontier", "hardware": "b200", "region": "eu-central-1", "watts": 1000, "tokens_per_second": 1000,
-         "electricity_price_per_kwh": "1.4000", "energy_kwh_per_mtok": "0.277778", "energy_cost_per_mtok": "0.388889",
-         "floor": "0.56"}
+        {
+            "tier": "frontier",
+            "hardware": "b200",
+            "region": "eu-central-1",
+            "watts": 1000,
+            "tokens_per_second": 1000,
+            "electricity_price_per_kwh": "1.4000",
+            "energy_kwh_per_mtok": "0.277778",
+            "energy_cost_per_mtok": "0.388889",
+            "floor": "0.56",
+        }
     ]
     assert r.json()["energy_share_of_cost"] == "0.70"
     r = api.get("/api/v1/floors", {"region": "mars-1"})

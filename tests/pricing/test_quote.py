@@ -51,7 +51,9 @@ resting = st.lists(
 )
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(
     book=resting,
     side=st.sampled_from(["buy", "sell"]),
@@ -112,7 +114,12 @@ def test_quote_walks_levels_and_reports_average_and_worst(instrument, provider):
     instrument_match(instrument_id=instrument.pk)
     q = instrument_quote(instrument=instrument, side="buy", quantity=6_000_000)
     # 2 @ 1.00 + 3 @ 1.10 + 1 @ 1.20 = 6.50 for 6M -> 1.0833
-    assert (q.fillable_quantity, q.average_price, q.best_price, q.worst_price) == (6_000_000, D("1.0833"), D("1.00"), D("1.20"))
+    assert (q.fillable_quantity, q.average_price, q.best_price, q.worst_price) == (
+        6_000_000,
+        D("1.0833"),
+        D("1.00"),
+        D("1.20"),
+    )
     assert q.notional == D("6.50") and q.complete
     only_h100 = instrument_quote(instrument=instrument, side="buy", quantity=10_000_000, allowed_hardware=["h100"])
     assert (only_h100.fillable_quantity, only_h100.stopped_by) == (7_000_000, "book_exhausted")
@@ -129,7 +136,9 @@ def test_quote_api(instrument, provider, buyer):
     assert r.status_code == 200, r.json()
     body = r.json()
     assert body["fillable_quantity"] == 2_000_000 and body["complete"] is False
-    assert body["average_price"] == "1.00" and body["levels"] == [{"price": "1.00", "quantity": 2_000_000, "hardware": "h100"}]
+    assert body["average_price"] == "1.00" and body["levels"] == [
+        {"price": "1.00", "quantity": 2_000_000, "hardware": "h100"}
+    ]
     # The provider's own key: its sell is its own, so self-trade prevention stops the walk.
     factories.fund(provider, D("1000.00"))
     provider.is_buyer = True
@@ -172,7 +181,12 @@ def test_suggested_price_moves_toward_demand_and_explains_itself(catalog, buyer,
     instrument_match(instrument_id=inst.pk)
     s = instrument_suggested_price(instrument=inst, hardware="h100")
     # Reference: 24h VWAP 2.00. Demand 3 + 1 = 4 lots, supply 0: imbalance +1 -> +5% -> 2.10.
-    assert (s.reference_source, s.reference_price, s.imbalance, s.suggested_price) == ("vwap_24h", D("2.0000"), D("1.0000"), D("2.10"))
+    assert (s.reference_source, s.reference_price, s.imbalance, s.suggested_price) == (
+        "vwap_24h",
+        D("2.0000"),
+        D("1.0000"),
+        D("2.10"),
+    )
     assert s.floor is not None and s.suggested_price >= s.floor
     assert len(s.reasoning) >= 2 and "VWAP" in s.reasoning[0]
 
