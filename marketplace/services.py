@@ -476,12 +476,16 @@ def order_cancel(*, account: Account, order_id: int, now: dt.datetime | None = N
         while match_locked(book_row=book_row)[0]:
             pass
         order.refresh_from_db()
-        if order.status not in LIVE_STATUSES:
-            raise ServiceError(
-                "order_not_cancellable", f"Order {order_id} is {order.status}; only open orders can be cancelled.", status=409
-            )
-        order.cancelled_after_sequence = book_row.last_matched_sequence
-        _order_finish(order=order, status=OrderStatus.CANCELLED, reason="cancelled_by_user", now=now)
-        _release_escrow(orders=[order], key_prefix="cancel", instrument=order.instrument)
-        book_refresh_top(book_row=book_row)
+        cancellable = order.is_live
+        if cancellable:
+            order.cancelled_after_sequence = book_row.last_matched_sequence
+            _order_finish(order=order, status=OrderStatus.CANCELLED, reason="cancelled_by_user", now=now)
+            _release_escrow(orders=[order], key_prefix="cancel", instrument=order.instrument)
+            book_refresh_top(book_row=book_row)
+    if not cancellable:
+        # Refused after commit, so the matching done above stands and the status we report
+        # is the one the order keeps.
+        raise ServiceError(
+            "order_not_cancellable", f"Order {order_id} is {order.status}; only open orders can be cancelled.", status=409
+        )
     return order
