@@ -45,3 +45,31 @@ def assert_invariants() -> None:
         assert la.balance == expected.get(la.owner_id, Decimal("0")), (
             f"escrow of {la.owner_id} is {la.balance}, open commitments {expected.get(la.owner_id, 0)}"
         )
+    _assert_usage_invariants()
+
+
+def _assert_usage_invariants() -> None:
+    """No usage event counted twice; settled contracts released their escrow exactly."""
+    from metering.models import LedgerEntry, Settlement, UsageEvent
+
+    keys = list(UsageEvent.objects.values_list("provider_id", "event_id"))
+    assert len(keys) == len(set(keys)), "a usage event is stored twice"
+    # Each settled pair's usage is counted exactly once: delivered on a contract or overage.
+    usage: dict[tuple[int, int, int], int] = {}
+    for inst, buyer, provider, billable in UsageEvent.objects.values_list(
+        "instrument_id", "buyer_id", "provider_id", "billable_tokens"
+    ):
+        usage[(inst, buyer, provider)] = usage.get((inst, buyer, provider), 0) + billable
+    counted: dict[tuple[int, int, int], int] = {}
+    for s in Settlement.objects.select_related("trade", "transaction"):
+        t = s.trade
+        pair = (t.instrument_id, t.buyer_id, t.seller_id)
+        counted[pair] = counted.get(pair, 0) + s.delivered_tokens + s.overage_tokens
+        assert s.delivered_tokens + s.unused_tokens == t.quantity, f"settlement of {t.pk} misreads the quantity"
+        assert s.value + s.buyer_fee + s.refund == t.buyer_escrow, f"settlement of {t.pk} does not use its escrow"
+        assert s.provider_payout + s.seller_fee == s.value
+        assert s.transaction.key == f"settle:{t.pk}"
+        escrow_legs = LedgerEntry.objects.filter(transaction=s.transaction, account__kind="escrow")
+        assert [e.amount for e in escrow_legs] == [-t.buyer_escrow], f"escrow of settled contract {t.pk} not released"
+    for pair, tokens in counted.items():
+        assert tokens == usage.get(pair, 0), f"pair {pair}: settled {tokens} tokens, usage {usage.get(pair, 0)}"
