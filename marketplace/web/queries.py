@@ -283,19 +283,27 @@ def _attr(obj: Any, *names: str) -> Any:
 
 
 def depth_series(*, book: selectors.BookDepth) -> dict[str, list[list[float]]]:
-    """Cumulative depth per side for the depth chart: [[price, Mtok cumulative], ...].
+    """Cumulative depth per side as step-line points [[price, cumulative Mtok], ...].
 
-    Floats only here, for the chart's axes; every figure shown as text stays Decimal.
+    Each side starts at zero at its best price and steps up at every level, then runs on a
+    little past its last level, so even a one-level book draws. Floats only here, for the
+    chart's axes; every figure shown as text stays Decimal.
     """
-    bids, asks, cum = [], [], 0
-    for lv in book.bids:
-        cum += lv.quantity
-        bids.append([float(lv.price), cum / TOKENS_PER_PRICE_UNIT])
-    cum = 0
-    for lv in book.asks:
-        cum += lv.quantity
-        asks.append([float(lv.price), cum / TOKENS_PER_PRICE_UNIT])
-    return {"bids": list(reversed(bids)), "asks": asks}
+
+    def side(levels: list, direction: int) -> list[list[float]]:
+        if not levels:
+            return []
+        points, cum = [[float(levels[0].price), 0.0]], 0
+        for lv in levels:
+            if cum:
+                points.append([float(lv.price), cum / TOKENS_PER_PRICE_UNIT])
+            cum += lv.quantity
+            points.append([float(lv.price), cum / TOKENS_PER_PRICE_UNIT])
+        last = float(levels[-1].price)
+        points.append([last * (1 + direction * 0.02), cum / TOKENS_PER_PRICE_UNIT])
+        return points
+
+    return {"bids": side(book.bids, -1), "asks": side(book.asks, +1)}
 
 
 @dataclass

@@ -28,6 +28,7 @@ from metering.selectors import balances_get
 
 from . import queries
 from .forms import ApiKeyForm, MarketFilterForm, OrderForm, SignupForm, StatementFilterForm, add_service_error
+from .templatetags.web_tags import price as price_text
 
 LIVE_POLL = "2s"
 
@@ -213,7 +214,7 @@ def order_place(request: HttpRequest, symbol: str) -> HttpResponse:
     if placed is not None:
         note = (
             f"Order #{placed.pk} placed: {placed.side} {placed.quantity / queries.TOKENS_PER_PRICE_UNIT:g} Mtok "
-            f"at {placed.price.normalize():f}. It is matched within seconds."
+            f"at {price_text(placed.price)}. It is matched within seconds."
         )
         if placed.below_energy_floor:
             note += " Note: this price is below the energy-cost floor for its hardware."

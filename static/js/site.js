@@ -77,8 +77,8 @@
       upsert("depth", "depth-chart", {
         type: "line",
         data: { labels: [], datasets: [
-          { label: "Bids (cumulative Mtok)", data: bidPts, stepped: true, fill: true, borderColor: "#137a3f", backgroundColor: "rgba(19,122,63,.15)", pointRadius: 0 },
-          { label: "Asks (cumulative Mtok)", data: askPts, stepped: true, fill: true, borderColor: "#b42318", backgroundColor: "rgba(180,35,24,.15)", pointRadius: 0 }
+          { label: "Bids (cumulative Mtok)", data: bidPts, fill: "origin", borderColor: "#137a3f", backgroundColor: "rgba(19,122,63,.15)", pointRadius: 0 },
+          { label: "Asks (cumulative Mtok)", data: askPts, fill: "origin", borderColor: "#b42318", backgroundColor: "rgba(180,35,24,.15)", pointRadius: 0 }
         ] },
         options: Object.assign({}, baseOptions, { parsing: false, scales: {
           x: { type: "linear", title: { display: true, text: "price per Mtok" } },
@@ -98,7 +98,7 @@
             { label: "Close", data: candles.close.map(Number), borderColor: "#1f6feb", backgroundColor: "#1f6feb", pointRadius: 2, tension: 0, yAxisID: "y" },
             { label: "High", data: candles.high.map(Number), borderColor: "rgba(19,122,63,.5)", borderDash: [4, 3], pointRadius: 0, yAxisID: "y" },
             { label: "Low", data: candles.low.map(Number), borderColor: "rgba(180,35,24,.5)", borderDash: [4, 3], pointRadius: 0, yAxisID: "y" },
-            { label: "Volume (Mtok)", data: candles.volume, type: "bar", backgroundColor: "rgba(91,103,117,.25)", yAxisID: "v" }
+            { label: "Volume (Mtok)", data: candles.volume, type: "bar", backgroundColor: "rgba(91,103,117,.25)", maxBarThickness: 18, yAxisID: "v" }
           ]
         },
         options: Object.assign({}, baseOptions, { scales: {

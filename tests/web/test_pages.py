@@ -230,7 +230,7 @@ def test_placing_by_htmx_returns_the_form_and_triggers_a_refresh(instrument, pro
     assert response.status_code == 200
     assert response["HX-Trigger"] == "order-placed"
     body = response.content.decode()
-    assert "<html" not in body and 'id="order-entry"' in body and "placed: sell 5 Mtok at 2.5" in body
+    assert "<html" not in body and 'id="order-entry"' in body and "placed: sell 5 Mtok at 2.50." in body
     order = Order.objects.get(account=provider)
     assert order.hardware.code == "h200" and order.quantity == 5_000_000
 
