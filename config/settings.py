@@ -241,6 +241,13 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # side and aggressor_side share one choice set: one enum in the schema.
+    "ENUM_NAME_OVERRIDES": {"SideEnum": "marketplace.models.Side"},
+    # Every operation also documents the one error shape (4XX, 503).
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "marketplace.api.schema.add_error_responses",
+    ],
 }
 
 # Celery: Redis when REDIS_URL is set; otherwise a filesystem broker under var/ so the

@@ -31,9 +31,7 @@ def _is_api(path: str) -> bool:
 # Content-Security-Policy: JSON needs nothing from the page; HTML pages keep their scripts
 # (Swagger UI and htmx use inline ones) but may not be framed, load plugins or post elsewhere.
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
-PAGE_CSP = (
-    "object-src 'none'; base-uri 'self'; frame-ancestors 'none'; form-action 'self'"
-)
+PAGE_CSP = "object-src 'none'; base-uri 'self'; frame-ancestors 'none'; form-action 'self'"
 
 
 def _security_headers(request, response) -> None:
@@ -61,9 +59,7 @@ class RequestLimitsMiddleware:
             length = -1
         if length < 0:
             response = JsonResponse(
-                error_body(
-                    "bad_request", "Content-Length must be a non-negative whole number."
-                ),
+                error_body("bad_request", "Content-Length must be a non-negative whole number."),
                 status=400,
             )
             _security_headers(request, response)
@@ -88,12 +84,8 @@ class RequestLimitsMiddleware:
         logger.error("database unavailable during %s", request.path, exc_info=exception)
         message = "The exchange could not reach its database; nothing was changed. Retry shortly."
         if _is_api(request.path):
-            response = JsonResponse(
-                error_body("database_unavailable", message), status=503
-            )
+            response = JsonResponse(error_body("database_unavailable", message), status=503)
         else:
-            response = HttpResponse(
-                message, status=503, content_type="text/plain; charset=utf-8"
-            )
+            response = HttpResponse(message, status=503, content_type="text/plain; charset=utf-8")
         response["Retry-After"] = str(DB_RETRY_AFTER)
         return response

@@ -10,7 +10,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from marketplace import selectors, services
-from marketplace.models import Hardware, Instrument, Order, Region, Tier
+from marketplace.models import Hardware, Instrument, Order, Region, Tier, Trade
 
 from .auth import ReadScope, TradeScope, request_account
 from .fields import price_str
@@ -138,6 +138,7 @@ def _int_param(request, name: str, *, default: int, low: int, high: int) -> int:
 
 class InstrumentTradeList(PublicMixin, generics.ListAPIView):
     serializer_class = PublicTradeSerializer
+    queryset = Trade.objects.none()  # for the schema; get_queryset picks the instrument
 
     def get_queryset(self):
         inst = services.instrument_get(symbol=self.kwargs["symbol"])
@@ -161,6 +162,7 @@ class OrderFilter(django_filters.FilterSet):
 class OrderListCreate(generics.ListAPIView):
     serializer_class = OrderSerializer
     filterset_class = OrderFilter
+    queryset = Order.objects.none()  # for the schema; get_queryset picks the account
 
     def get_permissions(self):
         return [TradeScope()] if self.request.method == "POST" else [ReadScope()]
@@ -227,6 +229,7 @@ class OrderCancel(APIView):
 class OwnTradeList(generics.ListAPIView):
     permission_classes = [ReadScope]
     serializer_class = OwnTradeSerializer
+    queryset = Trade.objects.none()  # for the schema; get_queryset picks the account
 
     def get_queryset(self):
         return selectors.trades_for_account(account=request_account(self.request))

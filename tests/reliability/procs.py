@@ -46,9 +46,7 @@ def free_port(*, prefer_high: bool = False) -> int:
     raise RuntimeError(f"no free port in {ports[0]}-{ports[-1]}")
 
 
-def wait_for(
-    check: Callable[[], object], *, timeout: float, what: str, interval: float = 0.1
-):
+def wait_for(check: Callable[[], object], *, timeout: float, what: str, interval: float = 0.1):
     """Poll `check` until it returns something truthy; bounded by `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -87,9 +85,7 @@ class RedisServer:
         import redis
 
         try:
-            return bool(
-                redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1).ping()
-            )
+            return bool(redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1).ping())
         except redis.RedisError:
             return False
 
@@ -145,15 +141,11 @@ class WebServer:
 
     def _up(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(
-                f"gunicorn exited with {self.proc.returncode}:\n{self.log()[-4000:]}"
-            )
+            raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
         import requests
 
         try:
-            return (
-                requests.get(f"{self.url}/api/v1/tiers", timeout=2).status_code == 200
-            )
+            return requests.get(f"{self.url}/api/v1/tiers", timeout=2).status_code == 200
         except requests.RequestException:
             return False
 
@@ -167,9 +159,7 @@ class WebServer:
                 start_new_session=True,
             )  # fmt: skip
         try:
-            wait_for(
-                self._up, timeout=60, what=f"gunicorn on port {self.port}", interval=0.2
-            )
+            wait_for(self._up, timeout=60, what=f"gunicorn on port {self.port}", interval=0.2)
         except BaseException:
             self.stop()
             raise
@@ -196,9 +186,7 @@ def broker_idle(url: str | None = None) -> bool:
     return client.llen("celery") == 0 and client.hlen("unacked") == 0
 
 
-def run_manage_python(
-    code: str, *, env: dict[str, str] | None = None, timeout: float = 120
-) -> str:
+def run_manage_python(code: str, *, env: dict[str, str] | None = None, timeout: float = 120) -> str:
     """Run Python code in a fresh Django process against the test database; returns stdout."""
     full_env = worker_env(env)
     script = "import django; django.setup()\n" + code
@@ -207,9 +195,7 @@ def run_manage_python(
         start_new_session=True,
     )  # fmt: skip
     if result.returncode != 0:
-        raise RuntimeError(
-            f"subprocess failed ({result.returncode}):\n{result.stderr[-4000:]}"
-        )
+        raise RuntimeError(f"subprocess failed ({result.returncode}):\n{result.stderr[-4000:]}")
     return result.stdout
 
 
@@ -235,9 +221,7 @@ def row_locks(table: str, ids: list[int]) -> Iterator[psycopg.Connection]:
     """Hold SELECT ... FOR UPDATE on rows of `table` until the block exits (then roll back)."""
     conn = raw_connection()
     try:
-        conn.execute(
-            f"SELECT id FROM {table} WHERE id = ANY(%s) ORDER BY id FOR UPDATE", [ids]
-        )  # noqa: S608
+        conn.execute(f"SELECT id FROM {table} WHERE id = ANY(%s) ORDER BY id FOR UPDATE", [ids])  # noqa: S608
         yield conn
     finally:
         conn.rollback()
@@ -260,11 +244,7 @@ def backends_waiting_on_locks(*, application_name: str | None = None) -> list[in
 
 def backend_alive(pid: int) -> bool:
     with raw_connection(autocommit=True) as conn:
-        return bool(
-            conn.execute(
-                "SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pid]
-            ).fetchone()
-        )
+        return bool(conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone())
 
 
 def terminate_backend(pid: int) -> None:

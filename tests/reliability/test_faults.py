@@ -35,8 +35,8 @@ from tests.reliability.procs import (
     RedisServer,
     WebServer,
     backend_alive,
-    broker_idle,
     backends_waiting_on_locks,
+    broker_idle,
     row_locks,
     run_manage_python,
     terminate_backend,
@@ -73,15 +73,11 @@ def market(transactional_db):
     }
 
 
-def post_order(
-    base_url: str, key: str, body: dict, *, idempotency_key: str | None = None
-) -> requests.Response:
+def post_order(base_url: str, key: str, body: dict, *, idempotency_key: str | None = None) -> requests.Response:
     headers = {"Authorization": f"Bearer {key}"}
     if idempotency_key:
         headers["Idempotency-Key"] = idempotency_key
-    return requests.post(
-        f"{base_url}/api/v1/orders", json=body, headers=headers, timeout=60
-    )
+    return requests.post(f"{base_url}/api/v1/orders", json=body, headers=headers, timeout=60)
 
 
 def order_body(inst: Instrument, side: str, lots: int, price: str) -> dict:
@@ -100,9 +96,7 @@ def pending_count() -> int:
     return Order.objects.filter(pending_match=True).count()
 
 
-def wait_matched_without_kicks(
-    *, timeout: float, workers: CeleryWorkers | None = None
-) -> None:
+def wait_matched_without_kicks(*, timeout: float, workers: CeleryWorkers | None = None) -> None:
     """Wait (bounded) for the queued tasks alone to drain the book: no re-enqueueing."""
     wait_until_matched(timeout=timeout, workers=workers, kick_every=10 * timeout)
 
@@ -110,9 +104,7 @@ def wait_matched_without_kicks(
 def assert_exactly_once(inst: Instrument) -> None:
     close_old_connections()
     assert pending_count() == 0
-    assert instrument_trades(instrument_id=inst.pk) == instrument_replay(
-        instrument_id=inst.pk
-    )
+    assert instrument_trades(instrument_id=inst.pk) == instrument_replay(instrument_id=inst.pk)
     assert_invariants()
 
 
@@ -139,18 +131,8 @@ def test_orders_are_accepted_while_redis_is_down_and_all_matched_once_it_returns
         env = {"REDIS_URL": redis_server.url}
         with CeleryWorkers(1, env=env) as workers, WebServer(env=env) as web:
             # Healthy first: a crossing pair trades through the broker.
-            assert (
-                post_order(
-                    web.url, provider_key, order_body(inst, "sell", 1, "1.00")
-                ).status_code
-                == 201
-            )
-            assert (
-                post_order(
-                    web.url, buyer_key, order_body(inst, "buy", 1, "1.00")
-                ).status_code
-                == 201
-            )
+            assert post_order(web.url, provider_key, order_body(inst, "sell", 1, "1.00")).status_code == 201
+            assert post_order(web.url, buyer_key, order_body(inst, "buy", 1, "1.00")).status_code == 201
             wait_matched_without_kicks(timeout=60, workers=workers)
             assert Trade.objects.count() == 1
 
@@ -176,28 +158,20 @@ def test_orders_are_accepted_while_redis_is_down_and_all_matched_once_it_returns
             # The server logged each lost enqueue instead of failing the request.
             assert "left for the sweep" in web.log()
             # Reads keep working too (market data comes from PostgreSQL).
-            book = requests.get(
-                f"{web.url}/api/v1/instruments/{inst.symbol}/book", timeout=30
-            )
+            book = requests.get(f"{web.url}/api/v1/instruments/{inst.symbol}/book", timeout=30)
             assert book.status_code == 200
             # Recorded and waiting: nothing could be queued, nothing was matched.
-            assert sorted(
-                Order.objects.filter(pending_match=True).values_list("id", flat=True)
-            ) == sorted(accepted)
+            assert sorted(Order.objects.filter(pending_match=True).values_list("id", flat=True)) == sorted(accepted)
             assert Trade.objects.count() == 1
 
             redis_server.start()  # empty: whatever was queued before the outage is gone too
             # The periodic sweep (run here once, as beat would) queues every instrument with
             # pending orders; the worker has reconnected on its own.
-            out = run_manage_python(
-                "from pricing.tasks import sweep; print(sweep())", env=env
-            )
+            out = run_manage_python("from pricing.tasks import sweep; print(sweep())", env=env)
             assert "'enqueued': 1" in out, out
             wait_matched_without_kicks(timeout=90, workers=workers)
             # And a second sweep, as beat runs it every few seconds: nothing left to do.
-            run_manage_python(
-                "from pricing.tasks import sweep; print(sweep())", env=env
-            )
+            run_manage_python("from pricing.tasks import sweep; print(sweep())", env=env)
 
     # Each 2-lot buy at 1.20 met a 2-lot sell at 1.10 resting before it: six more trades.
     trades = Trade.objects.order_by("match_sequence")
@@ -213,16 +187,12 @@ def test_orders_are_accepted_while_redis_is_down_and_all_matched_once_it_returns
 
 def _buyer_ledger_ids(buyer) -> list[int]:
     return list(
-        LedgerAccount.objects.filter(
-            owner=buyer, kind__in=["available", "escrow"]
-        ).values_list("id", flat=True)
+        LedgerAccount.objects.filter(owner=buyer, kind__in=["available", "escrow"]).values_list("id", flat=True)
     )
 
 
 @pytest.mark.parametrize("victim", ["pool_process", "whole_worker"])
-def test_a_worker_killed_mid_batch_leaves_nothing_half_written_and_the_batch_completes_once(
-    market, victim
-):
+def test_a_worker_killed_mid_batch_leaves_nothing_half_written_and_the_batch_completes_once(market, victim):
     """The batch is held in the middle (trades and order updates written, the escrow release
     waiting on a ledger row the test locks), then the worker is SIGKILLed.
 
@@ -290,10 +260,7 @@ def test_a_worker_killed_mid_batch_leaves_nothing_half_written_and_the_batch_com
     for order in [*sells, *buys]:
         order.refresh_from_db()
         assert order.status == "filled" and order.filled_quantity == LOT
-    assert (
-        LedgerTransaction.objects.filter(kind="match").count()
-        == InstrumentBook.objects.get(pk=inst.pk).batches
-    )
+    assert LedgerTransaction.objects.filter(kind="match").count() == InstrumentBook.objects.get(pk=inst.pk).batches
     assert_exactly_once(inst)
 
 
@@ -313,9 +280,7 @@ def test_a_dropped_database_connection_gives_503_writes_nothing_and_the_retry_is
         result: dict = {}
 
         def place() -> None:
-            result["response"] = post_order(
-                web.url, buyer_key, body, idempotency_key=idem
-            )
+            result["response"] = post_order(web.url, buyer_key, body, idempotency_key=idem)
 
         with row_locks("metering_ledgeraccount", _buyer_ledger_ids(buyer)):
             thread = threading.Thread(target=place)
@@ -346,10 +311,7 @@ def test_a_dropped_database_connection_gives_503_writes_nothing_and_the_retry_is
         first = post_order(web.url, buyer_key, body, idempotency_key=idem)
         assert first.status_code == 201, first.text
         again = post_order(web.url, buyer_key, body, idempotency_key=idem)
-        assert (
-            again.status_code == 201
-            and again.headers.get("Idempotent-Replayed") == "true"
-        )
+        assert again.status_code == 201 and again.headers.get("Idempotent-Replayed") == "true"
         assert again.json()["id"] == first.json()["id"]
 
     assert Order.objects.count() == 1
@@ -371,11 +333,7 @@ def _crossing_book(market, *, pairs: int = 20) -> Instrument:
 def _state(inst: Instrument) -> tuple:
     return (
         instrument_trades(instrument_id=inst.pk),
-        sorted(
-            Order.objects.values_list(
-                "id", "status", "filled_quantity", "pending_match"
-            )
-        ),
+        sorted(Order.objects.values_list("id", "status", "filled_quantity", "pending_match")),
         ledger_snapshot(),
     )
 
@@ -413,9 +371,7 @@ def test_the_same_matching_task_run_twice_at_once_changes_nothing(market):
     assert _state(inst) == state
 
 
-def test_duplicate_deliveries_to_real_workers_match_exactly_once(
-    market, celery_workers
-):
+def test_duplicate_deliveries_to_real_workers_match_exactly_once(market, celery_workers):
     from pricing.tasks import match_instrument, sweep
 
     inst = _crossing_book(market, pairs=30)

@@ -16,11 +16,7 @@ BASE_DIR = str(settings.BASE_DIR)
 
 
 def manage(*args: str, **env: str) -> subprocess.CompletedProcess:
-    clean = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"DEBUG", "SECRET_KEY", "DJANGO_ENV", "ALLOWED_HOSTS"}
-    }
+    clean = {k: v for k, v in os.environ.items() if k not in {"DEBUG", "SECRET_KEY", "DJANGO_ENV", "ALLOWED_HOSTS"}}
     clean.update(env)
     return subprocess.run(
         [sys.executable, "manage.py", *args],
@@ -72,10 +68,7 @@ def test_production_refuses_to_start_without_a_real_secret_key(secret):
 
 def test_production_takes_the_secret_key_from_the_environment_only():
     key = secrets.token_urlsafe(50)
-    script = (
-        "from django.conf import settings; print(settings.SECRET_KEY == %r, settings.DEBUG)"
-        % key
-    )
+    script = f"from django.conf import settings; print(settings.SECRET_KEY == {key!r}, settings.DEBUG)"
     result = manage("shell", "-c", script, **production_env(SECRET_KEY=key))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "True False"
