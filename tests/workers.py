@@ -50,9 +50,7 @@ def test_database_url() -> str:
     """DATABASE_URL of the database this process is connected to (pytest's test_... one)."""
     s = connection.settings_dict
     if connection.vendor != "postgresql":
-        raise RuntimeError(
-            "real workers need PostgreSQL: SQLite's test database is private to this process"
-        )
+        raise RuntimeError("real workers need PostgreSQL: SQLite's test database is private to this process")
     user = quote(s.get("USER") or "", safe="")
     password = quote(str(s.get("PASSWORD") or ""), safe="")
     auth = f"{user}:{password}@" if password else (f"{user}@" if user else "")
@@ -120,9 +118,7 @@ class WorkerProcess:
         if self.proc.poll() is not None:
             return
         try:
-            self.proc.send_signal(
-                signal.SIGTERM
-            )  # warm shutdown: finish the current task
+            self.proc.send_signal(signal.SIGTERM)  # warm shutdown: finish the current task
             self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             pass
@@ -196,9 +192,7 @@ class CeleryWorkers:
                         stderr=subprocess.STDOUT,
                         start_new_session=True,
                     )
-                self.workers.append(
-                    WorkerProcess(name=name, proc=proc, log_path=log_path)
-                )
+                self.workers.append(WorkerProcess(name=name, proc=proc, log_path=log_path))
             self._wait_ready()
         except BaseException:
             self.stop()
@@ -209,20 +203,12 @@ class CeleryWorkers:
         while True:
             for w in self.workers:
                 if w.proc.poll() is not None:
-                    raise RuntimeError(
-                        f"worker {w.name} exited with {w.proc.returncode}:\n{w.log()[-4000:]}"
-                    )
+                    raise RuntimeError(f"worker {w.name} exited with {w.proc.returncode}:\n{w.log()[-4000:]}")
             if all(w.is_ready() for w in self.workers):
                 return
             if time.monotonic() > deadline:
-                tails = "\n".join(
-                    f"--- {w.name}\n{w.log()[-2000:]}"
-                    for w in self.workers
-                    if not w.is_ready()
-                )
-                raise TimeoutError(
-                    f"workers not ready after {self.ready_timeout:.0f}s:\n{tails}"
-                )
+                tails = "\n".join(f"--- {w.name}\n{w.log()[-2000:]}" for w in self.workers if not w.is_ready())
+                raise TimeoutError(f"workers not ready after {self.ready_timeout:.0f}s:\n{tails}")
             time.sleep(0.1)
 
     def stop(self) -> None:
@@ -293,9 +279,7 @@ def wait_until_matched(
     while True:
         pending = Order.objects.filter(instrument=OuterRef("pk"), pending_match=True)
         ids = list(
-            Instrument.objects.filter(
-                status=Instrument.Status.OPEN, delivery_end__gt=timezone.now()
-            )
+            Instrument.objects.filter(status=Instrument.Status.OPEN, delivery_end__gt=timezone.now())
             .filter(Exists(pending))
             .values_list("id", flat=True)
         )
@@ -312,3 +296,101 @@ def wait_until_matched(
                 match_instrument.delay(inst_id)
             next_kick = now + kick_every
         time.sleep(0.1)
+
+
+def free_port(low: int = 8100, high: int = 8199) -> int:
+    """A free TCP port on 127.0.0.1 in [low, high] (the range this project's tests may use)."""
+    import random
+    import socket
+
+    ports = list(range(low, high + 1))
+    random.shuffle(ports)
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {low}-{high}")
+
+
+class WebServer:
+    """gunicorn serving the project on 127.0.0.1 against the test database; stopped by PID.
+
+    Real separate processes, so API clients hit it in parallel the way production does
+    (several web processes, one database, one broker).
+    """
+
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        processes: int = 3,
+        threads: int = 1,
+        ready_timeout: float = 60.0,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.port = port or free_port()
+        self.processes = processes
+        self.threads = threads
+        self.ready_timeout = ready_timeout
+        self.extra_env = env or {}
+        self.proc: subprocess.Popen | None = None
+        self._tmp = tempfile.TemporaryDirectory(prefix="ciyuan-web-")
+        self.log_path = Path(self._tmp.name) / "gunicorn.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> WebServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def start(self) -> None:
+        import http.client
+
+        env = worker_env(self.extra_env)
+        cmd = [
+            sys.executable, "-m", "gunicorn", "config.wsgi:application",
+            "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.processes),
+            "--threads", str(self.threads), "--timeout", "120", "--log-level", "warning",
+        ]  # fmt: skip
+        with open(self.log_path, "wb") as log_file:
+            self.proc = subprocess.Popen(
+                cmd, cwd=BASE_DIR, env=env, stdin=subprocess.DEVNULL, stdout=log_file,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + self.ready_timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                conn.request("GET", "/api/v1/tiers")
+                if conn.getresponse().status == 200:
+                    conn.close()
+                    return
+                conn.close()
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"gunicorn not ready after {self.ready_timeout:.0f}s:\n{self.log()[-4000:]}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            WorkerProcess(name="gunicorn", proc=self.proc, log_path=self.log_path).stop(timeout=15.0)
+        self.proc = None
+        self._tmp.cleanup()
