@@ -26,14 +26,20 @@ def add_service_error(form: forms.Form, exc: ServiceError, field_map: dict[str, 
 
 
 class SignupForm(forms.Form):
-    ROLE_CHOICES = [("buyer", "Buyer — I buy token capacity"), ("provider", "Provider — I sell capacity"), ("both", "Both")]
+    ROLE_CHOICES = [
+        ("buyer", "Buyer — I buy token capacity"),
+        ("provider", "Provider — I sell capacity"),
+        ("both", "Both"),
+    ]
 
     account_name = forms.CharField(
         label="Organization name", max_length=120, help_text="Your company or team; it names your trading account."
     )
     role = forms.ChoiceField(label="I am a", choices=ROLE_CHOICES, widget=forms.RadioSelect, initial="buyer")
     username = UsernameField(label="Username", max_length=150)
-    password1 = forms.CharField(label="Password", strip=False, widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}))
+    password1 = forms.CharField(
+        label="Password", strip=False, widget=forms.PasswordInput(attrs={"autocomplete": "new-password"})
+    )
     password2 = forms.CharField(
         label="Password again", strip=False, widget=forms.PasswordInput(attrs={"autocomplete": "new-password"})
     )
@@ -121,7 +127,10 @@ class OrderForm(forms.Form):
 class ApiKeyForm(forms.Form):
     name = forms.CharField(label="Name (what uses this key)", max_length=120, required=False)
     scopes = forms.MultipleChoiceField(
-        label="Scopes", choices=ApiKey.Scope.choices, widget=forms.CheckboxSelectMultiple, required=False,
+        label="Scopes",
+        choices=ApiKey.Scope.choices,
+        widget=forms.CheckboxSelectMultiple,
+        required=False,
         initial=["read"],
     )
 
@@ -141,7 +150,8 @@ class StatementFilterForm(forms.Form):
     ledger_kind = forms.ChoiceField(
         label="Balance",
         required=False,
-        choices=[("", "all")] + [(k, k) for k in (LedgerAccount.Kind.AVAILABLE, LedgerAccount.Kind.ESCROW, LedgerAccount.Kind.OWED)],
+        choices=[("", "all")]
+        + [(k, k) for k in (LedgerAccount.Kind.AVAILABLE, LedgerAccount.Kind.ESCROW, LedgerAccount.Kind.OWED)],
     )
     transaction_kind = forms.ChoiceField(
         label="Kind", required=False, choices=[("", "all")] + list(LedgerTransaction.Kind.choices)

@@ -25,6 +25,7 @@ from marketplace import selectors, services
 from marketplace.models import Instrument, Region, Side, Tier
 from marketplace.services import NotFound, ServiceError
 from metering.selectors import balances_get
+from pricing import selectors as pricing_selectors
 
 from . import queries
 from .forms import ApiKeyForm, MarketFilterForm, OrderForm, SignupForm, StatementFilterForm, add_service_error
@@ -68,7 +69,9 @@ def _instrument_or_404(symbol: str) -> Instrument:
 
 def _safe_next(request: HttpRequest, default: str) -> str:
     nxt = request.POST.get("next") or request.GET.get("next") or ""
-    if nxt and url_has_allowed_host_and_scheme(nxt, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
+    if nxt and url_has_allowed_host_and_scheme(
+        nxt, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
         return nxt
     return default
 
@@ -123,11 +126,13 @@ def _live_context(request: HttpRequest, inst: Instrument) -> dict[str, Any]:
     if interval not in queries.INTERVALS:
         interval = "1h"
     book = selectors.instrument_book_get(instrument=inst, depth=20)
+    stats = pricing_selectors.instrument_stats(instrument=inst)
     candles = queries.instrument_candles(instrument=inst, interval=interval)
     account = getattr(request, "account", None) or queries.account_for_user(user=request.user)
     return {
         "instrument": inst,
         "book": book,
+        "stats": stats,
         "trades": list(selectors.instrument_trades(instrument=inst).order_by("-match_sequence")[:25]),
         "interval": interval,
         "intervals": list(queries.INTERVALS),
@@ -182,19 +187,30 @@ def order_preview(request: HttpRequest, symbol: str) -> HttpResponse:
     quantity = data.get("quantity_mtok")
     price = data.get("price")
     preview: dict[str, Any] = {"side": side, "quantity": quantity, "price": price}
-    if quantity:
+    hardware = data.get("hardware") or None
+    if quantity and quantity % inst.lot_size == 0 and (side == Side.BUY or hardware):
         preview["quote"] = queries.quote_get(
-            instrument=inst, side=Side.SELL if side == Side.SELL else Side.BUY, quantity=quantity,
+            instrument=inst,
+            side=side,
+            quantity=quantity,
             allowed_hardware=tuple(data.get("allowed_hardware") or ()),
+            hardware=hardware,
+            account=account,
         )
     if side == Side.BUY and quantity and price and quantity % inst.lot_size == 0:
         preview["reserve"] = queries.order_reserve(instrument=inst, price=price, quantity=quantity)
-    if side == Side.SELL and data.get("hardware"):
-        row = next((r for r in queries.floors_for_instrument(instrument=inst) if r.hardware.code == data["hardware"]), None)
-        preview["floor_row"] = row
-        preview["below_floor"] = bool(row and row.floor is not None and price is not None and price < row.floor)
-    context = {"instrument": inst, "preview": preview, "account": account,
-               "balances": balances_get(account=account) if account else None}
+    if side == Side.SELL and hardware:
+        suggestion = queries.suggested_price_get(instrument=inst, hardware=hardware)
+        preview["suggestion"] = suggestion
+        preview["below_floor"] = bool(
+            suggestion and suggestion.floor is not None and price is not None and price < suggestion.floor
+        )
+    context = {
+        "instrument": inst,
+        "preview": preview,
+        "account": account,
+        "balances": balances_get(account=account) if account else None,
+    }
     return _page(request, "web/partials/order_preview.html", context)
 
 
@@ -245,7 +261,9 @@ def orders(request: HttpRequest) -> HttpResponse:
     context = {
         "open_orders": queries.orders_page(account=request.account, live=True),
         "past_orders": queries.orders_page(account=request.account, live=False, limit=100),
-        "fills": list(selectors.trades_for_account(account=request.account).select_related("buy_order", "sell_order")[:50]),
+        "fills": list(
+            selectors.trades_for_account(account=request.account).select_related("buy_order", "sell_order")[:50]
+        ),
     }
     if _partial(request):
         return _page(request, "web/partials/orders_live.html", context)
@@ -295,8 +313,12 @@ def balances(request: HttpRequest) -> HttpResponse:
     return _page(
         request,
         "web/balances.html",
-        {"balances": balances_get(account=request.account), "form": form, "entries": entries[:200],
-         "query": request.GET.urlencode()},
+        {
+            "balances": balances_get(account=request.account),
+            "form": form,
+            "entries": entries[:200],
+            "query": request.GET.urlencode(),
+        },
     )
 
 
@@ -313,11 +335,21 @@ def statement_csv(request: HttpRequest) -> StreamingHttpResponse:
     writer = csv.writer(_Echo())
 
     def rows():
-        yield writer.writerow(["time_utc", "transaction", "kind", "balance", "amount", "running_balance", "currency", "memo"])
+        yield writer.writerow(
+            ["time_utc", "transaction", "kind", "balance", "amount", "running_balance", "currency", "memo"]
+        )
         for e in entries.iterator(chunk_size=1000):
             yield writer.writerow(
-                [e.created_at.isoformat(), e.transaction.key, e.transaction.kind, e.account.kind,
-                 str(e.amount), str(e.running_balance), e.account.currency, e.transaction.memo]
+                [
+                    e.created_at.isoformat(),
+                    e.transaction.key,
+                    e.transaction.kind,
+                    e.account.kind,
+                    str(e.amount),
+                    "" if e.balance_after is None else str(e.balance_after),
+                    e.account.currency,
+                    e.transaction.memo,
+                ]
             )
 
     response = StreamingHttpResponse(rows(), content_type="text/csv; charset=utf-8")
@@ -332,9 +364,7 @@ def statement_csv(request: HttpRequest) -> StreamingHttpResponse:
 @account_required
 def provider(request: HttpRequest) -> HttpResponse:
     account = request.account
-    listings = list(
-        selectors.orders_for_account(account=account).filter(side=Side.SELL).order_by("-id")[:200]
-    )
+    listings = list(selectors.orders_for_account(account=account).filter(side=Side.SELL).order_by("-id")[:200])
     tier = request.GET.get("tier") or "standard"
     return _page(
         request,
@@ -363,7 +393,9 @@ def api_keys(request: HttpRequest) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         try:
             key, raw = services.api_key_create(
-                account=request.account, scopes=form.cleaned_data["scopes"], name=form.cleaned_data["name"],
+                account=request.account,
+                scopes=form.cleaned_data["scopes"],
+                name=form.cleaned_data["name"],
                 created_by=request.user,
             )
         except ServiceError as exc:

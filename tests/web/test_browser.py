@@ -122,7 +122,9 @@ def test_buyer_sees_fill_live_cancels_rest_and_statement_shows_escrow(site):
     # The buyer places a buy of 10 Mtok at 2.00 from the instrument page (htmx form post).
     buyer_page.goto(symbol_url)
     _fill_order(buyer_page, side="buy", mtok="10", price="2.00")
-    buyer_page.wait_for_function("document.querySelector('#preview-reserve') && document.querySelector('#preview-reserve').textContent.includes('20.10')")
+    buyer_page.wait_for_function(
+        "document.querySelector('#preview-reserve') && document.querySelector('#preview-reserve').textContent.includes('20.10')"
+    )
     buyer_page.get_by_role("button", name="Place buy order").click()
     buyer_page.get_by_text(re.compile(r"Order #\d+ placed: buy 10 Mtok at 2")).wait_for()
     order = Order.objects.get(account=buyer)
@@ -217,7 +219,15 @@ def test_pages_fit_a_phone_screen(site):
     instrument = factories.open_instrument(tier="standard", region="cn-west-1")
     page = site(width=390, height=844)
     _signup(page, base, org="Pocket Trader", username="pocket", role="both")
-    for path in ("/", instrument.get_absolute_url(), "/orders/", "/balances/", "/contracts/", "/provider/", "/api-keys/"):
+    for path in (
+        "/",
+        instrument.get_absolute_url(),
+        "/orders/",
+        "/balances/",
+        "/contracts/",
+        "/provider/",
+        "/api-keys/",
+    ):
         page.goto(f"{base}{path}")
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0, f"{path} is {overflow}px wider than a phone screen"

@@ -17,6 +17,7 @@ from django.test import Client
 from django.urls import reverse
 
 from marketplace.models import Account, ApiKey, Membership, Order, OrderStatus, Trade
+from marketplace.web import queries
 from metering.models import LedgerAccount, UsageEvent
 from metering.selectors import balances_get
 from pricing.services import instrument_match
@@ -50,8 +51,13 @@ def test_signup_creates_account_user_and_membership_and_logs_in(catalog):
     client = Client()
     response = client.post(
         reverse("web:signup"),
-        {"account_name": "Moonshot Agents", "role": "both", "username": "moon",
-         "password1": PASSWORD, "password2": PASSWORD},
+        {
+            "account_name": "Moonshot Agents",
+            "role": "both",
+            "username": "moon",
+            "password1": PASSWORD,
+            "password2": PASSWORD,
+        },
     )
     assert response.status_code == 302
     account = Account.objects.get(name="Moonshot Agents")
@@ -65,14 +71,17 @@ def test_signup_creates_account_user_and_membership_and_logs_in(catalog):
     assert "python manage.py deposit moonshot-agents AMOUNT" in page.content.decode()
 
 
-@pytest.mark.parametrize(
-    ("role", "buyer", "provider"), [("buyer", True, False), ("provider", False, True)]
-)
+@pytest.mark.parametrize(("role", "buyer", "provider"), [("buyer", True, False), ("provider", False, True)])
 def test_signup_role_sets_account_kind(catalog, role, buyer, provider):
     Client().post(
         reverse("web:signup"),
-        {"account_name": f"Acme {role}", "role": role, "username": f"acme-{role}",
-         "password1": PASSWORD, "password2": PASSWORD},
+        {
+            "account_name": f"Acme {role}",
+            "role": role,
+            "username": f"acme-{role}",
+            "password1": PASSWORD,
+            "password2": PASSWORD,
+        },
     )
     account = Account.objects.get(name=f"Acme {role}")
     assert (account.is_buyer, account.is_provider) == (buyer, provider)
@@ -81,8 +90,13 @@ def test_signup_role_sets_account_kind(catalog, role, buyer, provider):
 def test_signup_shows_errors_beside_fields_and_creates_nothing(buyer):
     response = Client().post(
         reverse("web:signup"),
-        {"account_name": buyer.name, "role": "buyer", "username": "newbie",
-         "password1": PASSWORD, "password2": PASSWORD},
+        {
+            "account_name": buyer.name,
+            "role": "buyer",
+            "username": "newbie",
+            "password1": PASSWORD,
+            "password2": PASSWORD,
+        },
     )
     assert response.status_code == 400
     form = response.context["form"]
@@ -124,9 +138,7 @@ def test_login_and_logout(buyer):
     assert user.pk
 
 
-@pytest.mark.parametrize(
-    "name", ["orders", "contracts", "balances", "statement_csv", "provider", "api_keys"]
-)
+@pytest.mark.parametrize("name", ["orders", "contracts", "balances", "statement_csv", "provider", "api_keys"])
 def test_account_pages_require_login(db, name):
     response = Client().get(reverse(f"web:{name}"))
     assert response.status_code == 302
@@ -152,7 +164,7 @@ def test_markets_lists_open_instruments_with_prices_and_filters(instrument, buye
 
     page = Client().get(reverse("web:markets")).content.decode()
     assert instrument.symbol in page and other.symbol in page
-    row = page[page.index(instrument.symbol):]
+    row = page[page.index(instrument.symbol) :]
     row = row[: row.index("</tr>")]
     assert "2.10" in row and "2.00" in row and "2.30" in row and ">3<" in row  # last, bid, ask, 24h Mtok
 
@@ -164,6 +176,18 @@ def test_markets_lists_open_instruments_with_prices_and_filters(instrument, buye
     partial = Client().get(reverse("web:markets"), {"region": "cn-west-1"}, **HX)
     body = partial.content.decode()
     assert "<html" not in body and instrument.symbol in body and other.symbol not in body
+
+
+def test_markets_shows_the_price_index_per_tier_once_published(instrument, buyer, provider):
+    from pricing.index import index_publish
+
+    _trade(buyer, provider, instrument, mtok=3, price="2.10")
+    index_publish()
+    response = Client().get(reverse("web:markets"))
+    body = response.content.decode()
+    assert "Token Price Index" in body
+    assert [(s.tier, s.value) for s in response.context["index"]] == [("standard", Decimal("2.10"))]
+    assert 'id="index-standard"' in body and 'data-series="index-standard"' in body
 
 
 def test_markets_hides_the_price_index_when_none_is_published(instrument):
@@ -218,7 +242,9 @@ def test_placing_a_buy_records_it_and_reserves_escrow(instrument, buyer, buyer_w
     assert (order.side, order.quantity, order.price) == ("buy", 10_000_000, Decimal("2.00"))
     assert order.allowed_hardware == ["h100", "h200"]
     after = balances_get(account=buyer)
-    assert after["escrow"] == before["escrow"] + Decimal("20.10")  # 10 lots x (2.00 + its 0.1% fee rounded up to a cent)
+    assert after["escrow"] == before["escrow"] + Decimal(
+        "20.10"
+    )  # 10 lots x (2.00 + its 0.1% fee rounded up to a cent)
     assert after["available"] == before["available"] - Decimal("20.10")
     page = buyer_web.get(instrument.get_absolute_url()).content.decode()
     assert f"Order #{order.pk} placed" in page
@@ -226,7 +252,9 @@ def test_placing_a_buy_records_it_and_reserves_escrow(instrument, buyer, buyer_w
 
 
 def test_placing_by_htmx_returns_the_form_and_triggers_a_refresh(instrument, provider, provider_web):
-    response = _order_post(provider_web, instrument, htmx=True, side="sell", quantity_mtok="5", price="2.50", hardware="h200")
+    response = _order_post(
+        provider_web, instrument, htmx=True, side="sell", quantity_mtok="5", price="2.50", hardware="h200"
+    )
     assert response.status_code == 200
     assert response["HX-Trigger"] == "order-placed"
     body = response.content.decode()
@@ -294,8 +322,12 @@ def test_order_preview_shows_reserve_quote_and_floor(instrument, buyer, provider
     assert "24.10 CNY" in body  # 10 lots x (2.40 + a fee of 0.0024 rounded up to 0.01)
     assert "10 Mtok at avg 2.22" in body  # (4 x 2.10 + 6 x 2.30) / 10
     only_h100 = buyer_web.get(url, {"side": "buy", "quantity_mtok": "10", "price": "2.40", "allowed_hardware": "h100"})
-    assert "4 Mtok at avg 2.10" in only_h100.content.decode() and "book has only that much" in only_h100.content.decode()
-    sell = provider_web.get(url, {"side": "sell", "quantity_mtok": "1", "price": "0.01", "hardware": "h100"}).content.decode()
+    assert (
+        "4 Mtok at avg 2.10" in only_h100.content.decode() and "book has only that much" in only_h100.content.decode()
+    )
+    sell = provider_web.get(
+        url, {"side": "sell", "quantity_mtok": "1", "price": "0.01", "hardware": "h100"}
+    ).content.decode()
     assert 'id="preview-floor"' in sell and "below the energy-cost floor" in sell
 
 
@@ -359,13 +391,21 @@ def test_cancel_needs_csrf(instrument, buyer):
 def _usage(trade: Trade, tokens: int, n: int = 1) -> None:
     for i in range(n):
         UsageEvent.objects.create(
-            provider=trade.seller, buyer=trade.buyer, instrument=trade.instrument, event_id=f"ev-{trade.pk}-{i}",
+            provider=trade.seller,
+            buyer=trade.buyer,
+            instrument=trade.instrument,
+            event_id=f"ev-{trade.pk}-{i}",
             occurred_at=max(trade.executed_at, trade.instrument.delivery_start) + dt.timedelta(minutes=1),
-            input_tokens=tokens, output_tokens=0, billable_tokens=tokens, payload_hash="x",
+            input_tokens=tokens,
+            output_tokens=0,
+            billable_tokens=tokens,
+            payload_hash="x",
         )
 
 
-def test_contracts_show_delivered_so_far_and_only_my_contracts(instrument, buyer, other_buyer, provider, buyer_web, provider_web):
+def test_contracts_show_delivered_so_far_and_only_my_contracts(
+    instrument, buyer, other_buyer, provider, buyer_web, provider_web
+):
     mine = _trade(buyer, provider, instrument, mtok=10, price="2.00")
     theirs = _trade(other_buyer, provider, instrument, mtok=5, price="2.00")
     _usage(mine, 1_500_000, n=2)
@@ -378,8 +418,34 @@ def test_contracts_show_delivered_so_far_and_only_my_contracts(instrument, buyer
     assert f"#{mine.pk}<" in provider_page and f"#{theirs.pk}<" in provider_page
 
 
+def test_settled_contracts_show_their_settlement_to_each_side(instrument, buyer, provider, buyer_web, provider_web):
+    from django.conf import settings
+
+    from metering.settlement import instrument_settle
+
+    trade = _trade(buyer, provider, instrument, mtok=10, price="2.00")
+    _usage(trade, 3_000_000)
+    due = instrument.delivery_end + dt.timedelta(hours=settings.SETTLEMENT_GRACE_HOURS, minutes=1)
+    instrument_settle(instrument_id=instrument.pk, now=due)
+    settlement = Trade.objects.get(pk=trade.pk).settlement
+    assert settlement.delivered_tokens == 3_000_000
+    buyer_page = buyer_web.get(reverse("web:contracts"))
+    assert [r.trade.pk for r in buyer_page.context["settled_rows"]] == [trade.pk]
+    assert not buyer_page.context["open_rows"]
+    body = buyer_page.content.decode()
+    assert f"refund {settlement.refund:,}" in body
+    provider_body = provider_web.get(reverse("web:contracts")).content.decode()
+    assert f"payout {settlement.provider_payout:,}" in provider_body
+    # The provider page's revenue chart counts the payout on its settlement day.
+    revenue = queries.provider_revenue_by_day(account=provider, now=due)
+    assert Decimal(revenue["total_settled"]) == settlement.provider_payout
+    assert_invariants()
+
+
 def test_contracts_empty_state(buyer_web):
-    assert "A contract is made when one of your orders fills" in buyer_web.get(reverse("web:contracts")).content.decode()
+    assert (
+        "A contract is made when one of your orders fills" in buyer_web.get(reverse("web:contracts")).content.decode()
+    )
 
 
 # --- balances and statement ---------------------------------------------------------------
@@ -405,7 +471,7 @@ def test_statement_filter_and_csv(instrument, buyer, buyer_web, other_buyer):
     filtered = buyer_web.get(reverse("web:balances"), {"ledger_kind": "escrow"})
     kinds = [e.transaction.kind for e in filtered.context["entries"]]
     assert kinds == ["escrow_release", "escrow_reserve"]
-    assert [e.running_balance for e in filtered.context["entries"]] == [Decimal("0.00"), Decimal("20.10")]
+    assert [e.balance_after for e in filtered.context["entries"]] == [Decimal("0.00"), Decimal("20.10")]
     response = buyer_web.get(reverse("web:statement_csv"), {"transaction_kind": "escrow_release"})
     assert response["Content-Type"].startswith("text/csv")
     rows = list(csv.reader(io.StringIO(b"".join(response.streaming_content).decode())))
@@ -493,7 +559,12 @@ def test_pages_use_only_local_assets(instrument):
     assert "cdn" not in page.lower() and "https://" not in page
     from django.contrib.staticfiles import finders
 
-    for path in ("vendor/htmx/htmx.min.js", "vendor/htmx/LICENSE", "vendor/chartjs/chart.umd.js",
-                 "vendor/chartjs/LICENSE.md", "css/site.css", "js/site.js"):
+    for path in (
+        "vendor/htmx/htmx.min.js",
+        "vendor/htmx/LICENSE",
+        "vendor/chartjs/chart.umd.js",
+        "vendor/chartjs/LICENSE.md",
+        "css/site.css",
+        "js/site.js",
+    ):
         assert finders.find(path), path
-
