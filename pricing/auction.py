@@ -80,18 +80,22 @@ class Clearing:
 class _Flow:
     def __init__(self) -> None:
         self.cap: dict[tuple, dict[tuple, float]] = defaultdict(dict)
+        self.fwd: dict[tuple, list[tuple]] = defaultdict(list)  # the unbounded (inner) edges
+        self.ptr: dict[tuple, int] = defaultdict(int)
 
     def add(self, u: tuple, v: tuple, c: float) -> None:
         self.cap[u][v] = self.cap[u].get(v, 0) + c
         self.cap[v].setdefault(u, 0)
+        if c == INF:
+            self.fwd[u].append(v)
 
-    def _path(self, s: tuple, t: tuple) -> list[tuple] | None:
+    def _path(self, s: tuple, t: tuple, dead: set[tuple] | None) -> list[tuple] | None:
         prev: dict[tuple, tuple | None] = {s: None}
         queue = deque([s])
         while queue:
             u = queue.popleft()
             for v, c in self.cap[u].items():
-                if c > 0 and v not in prev:
+                if c > 0 and v not in prev and (dead is None or v not in dead):
                     prev[v] = u
                     if v == t:
                         path = [t]
@@ -99,19 +103,50 @@ class _Flow:
                             path.append(prev[path[-1]])  # type: ignore[arg-type]
                         return path[::-1]
                     queue.append(v)
+        if dead is not None:
+            # Nothing reached t, and augmenting elsewhere only adds reverse edges on vertices
+            # that reach t, so none of these vertices will ever reach it: never search them again.
+            dead.update(prev)
         return None
 
-    def augment(self, s: tuple, t: tuple, *, limit: float = INF) -> int:
+    def push(self, path: Sequence[tuple], amount: float) -> None:
+        for u, v in zip(path, path[1:]):
+            self.cap[u][v] -= amount
+            self.cap[v][u] += amount
+
+    def direct(self, start: tuple, t: tuple, limit: float) -> int:
+        """Push along start -> hub -> group -> t with no re-routing (cheap; tried first).
+
+        Inner edges are unbounded, so only the group's edge to t can be full; that capacity
+        only ever decreases, so each hub keeps a pointer past the groups already full.
+        """
+        pushed = 0
+        cap = self.cap
+        for hub in self.fwd[start]:
+            ends = self.fwd[hub]
+            i = self.ptr[hub]
+            while i < len(ends) and cap[ends[i]].get(t, 0) <= 0:
+                i += 1
+            self.ptr[hub] = i
+            for end in ends[i:]:
+                room = cap[end].get(t, 0)
+                if room > 0:
+                    amount = min(room, limit - pushed)
+                    self.push((start, hub, end, t), amount)
+                    pushed += amount
+                    if pushed >= limit:
+                        return int(pushed)
+        return int(pushed)
+
+    def augment(self, s: tuple, t: tuple, *, limit: float = INF, dead: set[tuple] | None = None) -> int:
         """Push up to `limit` from s to t along shortest residual paths."""
         pushed = 0
         while pushed < limit:
-            path = self._path(s, t)
+            path = self._path(s, t, dead)
             if path is None:
                 break
-            amount = min(min(self.cap[u][v] for u, v in zip(path, path[1:], strict=False)), limit - pushed)
-            for u, v in zip(path, path[1:], strict=False):
-                self.cap[u][v] -= amount
-                self.cap[v][u] += amount
+            amount = min(min(self.cap[u][v] for u, v in zip(path, path[1:])), limit - pushed)
+            self.push(path, amount)
             pushed += amount
         return int(pushed)
 
@@ -135,23 +170,60 @@ def _compatible(bg: tuple, sg: tuple) -> bool:
     return b_acct is None or s_acct is None or b_acct != s_acct
 
 
+def _hub(bg: tuple, hw: str) -> tuple:
+    """The hub a buy group reaches hardware `hw` through.
+
+    Buys of accounts that never sell share one hub per hardware, which reaches every sell group
+    of that hardware; an account that also sells has its own hub per hardware, which reaches all
+    of them but its own. Any buy entering a hub is compatible with any sell leaving it, and the
+    graph has O(groups + hardware x dual accounts) edges instead of buy groups x sell groups.
+    """
+    return ("H", bg[1], hw)
+
+
+def _inner_edges(buy_groups: Iterable[tuple], sell_groups: Iterable[tuple]) -> list[tuple[tuple, tuple]]:
+    sells_by_hw: dict[str, list[tuple]] = defaultdict(list)
+    for sg in sell_groups:
+        sells_by_hw[sg[2]].append(sg)
+    edges: list[tuple[tuple, tuple]] = []
+    hubs: set[tuple] = set()
+    for bg in buy_groups:
+        for hw in sells_by_hw:
+            if not bg[2] or hw in bg[2]:
+                hub = _hub(bg, hw)
+                edges.append((bg, hub))
+                hubs.add(hub)
+    for hub in hubs:
+        _, acct, hw = hub
+        for sg in sells_by_hw[hw]:
+            if acct is None or sg[1] is None or sg[1] != acct:
+                edges.append((hub, sg))
+    return edges
+
+
 def _network(buy_caps: dict[tuple, int], sell_caps: dict[tuple, int]) -> _Flow:
     net = _Flow()
-    for bg, c in buy_caps.items():
-        if c:
-            net.add(_S, bg, c)
-    for sg, c in sell_caps.items():
-        if c:
-            net.add(sg, _T, c)
-    for bg in buy_caps:
-        for sg in sell_caps:
-            if buy_caps[bg] and sell_caps[sg] and _compatible(bg, sg):
-                net.add(bg, sg, INF)
+    buy_groups = [g for g, c in buy_caps.items() if c]
+    sell_groups = [g for g, c in sell_caps.items() if c]
+    for bg in buy_groups:
+        net.add(_S, bg, buy_caps[bg])
+    for sg in sell_groups:
+        net.add(sg, _T, sell_caps[sg])
+    for u, v in _inner_edges(buy_groups, sell_groups):
+        net.add(u, v, INF)
     return net
 
 
 def max_volume(buy_caps: dict[tuple, int], sell_caps: dict[tuple, int]) -> int:
-    return _network(buy_caps, sell_caps).augment(_S, _T)
+    net = _network(buy_caps, sell_caps)
+    pushed = 0
+    for bg, c in list(net.cap[_S].items()):
+        got = net.direct(bg, _T, c)
+        if got:
+            net.push((_S, bg), got)
+            # direct_from_buy started at bg; account for the S -> bg leg here.
+            pushed += got
+    return pushed + net.augment(_S, _T)
 
 
 # --- price discovery ---------------------------------------------------------------------------
@@ -211,12 +283,19 @@ def clearing_price(
     candidates = sorted(limits)
     if ref is not None and candidates[0] < ref < candidates[-1] and ref not in limits:
         candidates.append(ref)
-    best: tuple | None = None
+    # min(demand, supply) bounds the volume: evaluate the most promising prices first and skip
+    # any whose bound is below the best volume found (they cannot win, not even a tie).
+    bounded = []
     for p in candidates:
         b_caps, s_caps = buy_el.buys_at(p), sell_el.sells_at(p)
         demand, supply = sum(b_caps.values()), sum(s_caps.values())
-        if not demand or not supply:
-            continue
+        if demand and supply:
+            bounded.append((min(demand, supply), p, b_caps, s_caps, demand, supply))
+    bounded.sort(key=lambda item: (-item[0], item[1]))
+    best: tuple | None = None
+    for bound, p, b_caps, s_caps, demand, supply in bounded:
+        if best is not None and bound < -best[0][0]:
+            break
         volume = max_volume(b_caps, s_caps)
         if not volume:
             continue
@@ -249,31 +328,28 @@ def _greedy_fills(
 ) -> dict[int, int]:
     """Fill one side's orders in priority order, each as much as the earlier ones allow.
 
-    Buys push flow from their group node to T (sells capped by group); sells pull flow from S
-    (buys capped by group). A group that once finds no augmenting path never finds one later:
-    augmenting elsewhere only adds reverse edges on vertices that could already reach the end.
+    The network points from this side to the other (for sells the edges are reversed), the
+    other side is capped by group, and each run of orders pushes flow from its group node to T.
+    A node that once cannot reach T never can again (see _Flow._path), so searches shrink.
     """
     net = _Flow()
     for og, c in other_caps.items():
+        net.add(og, _T, c)
+    buy_groups, sell_groups = (own_caps, other_caps) if buy_side else (other_caps, own_caps)
+    for u, v in _inner_edges(buy_groups, sell_groups):
         if buy_side:
-            net.add(og, _T, c)
+            net.add(u, v, INF)
         else:
-            net.add(_S, og, c)
-    for g in own_caps:
-        for og in other_caps:
-            if buy_side and _compatible(g, og):
-                net.add(g, og, INF)
-            elif not buy_side and _compatible(og, g):
-                net.add(og, g, INF)
+            net.add(v, u, INF)
     fills: dict[int, int] = {}
     dead: set[tuple] = set()
     for g, run in _runs(ranked, group):
         want = sum(o.quantity for o in run)
         got = 0
         if g not in dead:
-            got = net.augment(g, _T, limit=want) if buy_side else net.augment(_S, g, limit=want)
+            got = net.direct(g, _T, want)
             if got < want:
-                dead.add(g)
+                got += net.augment(g, _T, limit=want - got, dead=dead)
         for o in run:
             take = min(o.quantity, got)
             fills[o.id] = take
@@ -321,29 +397,49 @@ def clear(
     if not (total == result.volume == sum(buy_fill.values()) == sum(sell_fill.values())):
         raise AssertionError(f"auction allocation inconsistent: {total} vs {result.volume}")
 
-    # Split the group-to-group flow into trades, taking orders in priority order.
-    buy_queues = {g: deque((o, buy_fill[o.id]) for o in buys if bgroup(o) == g and buy_fill[o.id]) for g in b_tot}
-    sell_queues = {g: deque((o, sell_fill[o.id]) for o in sells if sgroup(o) == g and sell_fill[o.id]) for g in s_tot}
-    b_order = sorted(b_tot, key=lambda g: _priority(buy_queues[g][0][0]) if buy_queues[g] else (0, 0))
-    s_order = sorted(s_tot, key=lambda g: _priority(sell_queues[g][0][0]) if sell_queues[g] else (0, 0))
+    # Split the flow into trades hub by hub: every buy group entering a hub is compatible with
+    # every sell group leaving it. Orders are taken in priority order within their group.
+    buy_queues: dict[tuple, deque] = defaultdict(deque)
+    sell_queues: dict[tuple, deque] = defaultdict(deque)
+    for o in buys:
+        if buy_fill[o.id]:
+            buy_queues[bgroup(o)].append([o, buy_fill[o.id]])
+    for o in sells:
+        if sell_fill[o.id]:
+            sell_queues[sgroup(o)].append([o, sell_fill[o.id]])
+    inflow: dict[tuple, list[list]] = defaultdict(list)
+    outflow: dict[tuple, list[list]] = defaultdict(list)
+    for u, v in _inner_edges([g for g, c in b_tot.items() if c], [g for g, c in s_tot.items() if c]):
+        flow = int(net.cap[v].get(u, 0))  # the reverse residual of an edge is its flow
+        if flow > 0:
+            (inflow[v] if u[0] == "B" else outflow[u]).append([u if u[0] == "B" else v, flow])
     pairs: dict[tuple[int, int], int] = {}
     meta: dict[tuple[int, int], AuctionFill] = {}
-    for bg in b_order:
-        for sg in s_order:
-            flow = int(net.cap[sg].get(bg, 0)) if _compatible(bg, sg) else 0  # reverse residual = flow
-            while flow > 0:
-                bo, bq = buy_queues[bg][0]
-                so, sq = sell_queues[sg][0]
-                q = min(flow, bq, sq)
+    for hub in sorted(inflow, key=repr):
+        ins, outs = deque(inflow[hub]), deque(outflow[hub])
+        while ins:
+            bg, bflow = ins[0]
+            sg, sflow = outs[0]
+            q = min(bflow, sflow)
+            ins[0][1] -= q
+            outs[0][1] -= q
+            if ins[0][1] == 0:
+                ins.popleft()
+            if outs[0][1] == 0:
+                outs.popleft()
+            while q > 0:
+                bo_entry, so_entry = buy_queues[bg][0], sell_queues[sg][0]
+                bo, so = bo_entry[0], so_entry[0]
+                take = min(q, bo_entry[1], so_entry[1])
                 key = (bo.id, so.id)
-                pairs[key] = pairs.get(key, 0) + q
+                pairs[key] = pairs.get(key, 0) + take
                 meta[key] = AuctionFill(bo.id, so.id, bo.account_id, so.account_id, 0, so.hardware or "")
-                flow -= q
-                buy_queues[bg][0] = (bo, bq - q)
-                sell_queues[sg][0] = (so, sq - q)
-                if bq == q:
+                q -= take
+                bo_entry[1] -= take
+                so_entry[1] -= take
+                if bo_entry[1] == 0:
                     buy_queues[bg].popleft()
-                if sq == q:
+                if so_entry[1] == 0:
                     sell_queues[sg].popleft()
     rank = {o.id: i for i, o in enumerate(buys)} | {o.id: i for i, o in enumerate(sells)}
     result.fills = [

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from django.conf import settings
-from django.db.models import Count, DecimalField, ExpressionWrapper, F, Max, Min, Sum
-from django.db.models.functions import Trunc
+from django.db import connection
+from django.db.models import Aggregate, Count, DecimalField, ExpressionWrapper, F, Field, Max, Min, Sum
+from django.db.models.functions import Cast, Trunc
 from django.utils import timezone
 
 from marketplace.models import LIVE_STATUSES, Hardware, HardwareThroughput, Instrument, Order, Region, Tier, Trade
@@ -75,6 +76,20 @@ def _floor_time(t: dt.datetime, interval: str) -> dt.datetime:
     return t.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
+class _SeqPrice(Aggregate):
+    """MIN or MAX of ARRAY[match_sequence, price] on PostgreSQL: arrays compare element by
+    element, so this is the (sequence, price) of the bucket's first or last trade, in the same
+    pass as the other aggregates."""
+
+    template = "%(function)s(ARRAY[%(expressions)s])"
+
+    def __init__(self, function: str) -> None:
+        super().__init__(
+            Cast("match_sequence", DecimalField(max_digits=20, decimal_places=0)), F("price"), output_field=Field()
+        )
+        self.function = function
+
+
 def instrument_candles(
     *,
     instrument: Instrument,
@@ -105,31 +120,46 @@ def instrument_candles(
             "range_too_large", f"At most {MAX_CANDLES} candles per request; narrow from/to.", field="from"
         )
     trades = Trade.objects.filter(instrument=instrument, executed_at__gte=start, executed_at__lt=end)
+    aggregates = {
+        "high": Max("price"),
+        "low": Min("price"),
+        "volume": Sum("quantity"),
+        "notional": Sum(_notional_expr()),
+        "trades": Count("id"),
+        "first_seq": Min("match_sequence"),
+        "last_seq": Max("match_sequence"),
+    }
+    postgres = connection.vendor == "postgresql"
+    if postgres:
+        aggregates |= {"first": _SeqPrice("MIN"), "last": _SeqPrice("MAX")}
     rows = list(
         trades.annotate(bucket=Trunc("executed_at", kind, tzinfo=UTC))
         .values("bucket")
-        .annotate(
-            high=Max("price"),
-            low=Min("price"),
-            volume=Sum("quantity"),
-            notional=Sum(_notional_expr()),
-            trades=Count("id"),
-            first_seq=Min("match_sequence"),
-            last_seq=Max("match_sequence"),
-        )
+        .annotate(**aggregates)
         .order_by("bucket")
     )
-    seqs = {r["first_seq"] for r in rows} | {r["last_seq"] for r in rows}
-    price_at = dict(
-        Trade.objects.filter(instrument=instrument, match_sequence__in=seqs).values_list("match_sequence", "price")
-    )
+    if postgres:
+        price_at = {r["first_seq"]: r["first"][1] for r in rows} | {r["last_seq"]: r["last"][1] for r in rows}
+    else:
+        seqs = {r["first_seq"] for r in rows} | {r["last_seq"] for r in rows}
+        price_at = dict(trades.filter(match_sequence__in=seqs).values_list("match_sequence", "price"))
     by_bucket = {r["bucket"].astimezone(UTC): r for r in rows}
-    prev_close = (
+    # The close before the range: the latest time first (the (instrument, -executed_at) index
+    # answers it without a sort), then the last trade at that time by sequence.
+    prev_at = (
         Trade.objects.filter(instrument=instrument, executed_at__lt=start)
-        .order_by("-executed_at", "-match_sequence")
-        .values_list("price", flat=True)
+        .order_by("-executed_at")
+        .values_list("executed_at", flat=True)
         .first()
     )
+    prev_close = None
+    if prev_at is not None:
+        prev_close = (
+            Trade.objects.filter(instrument=instrument, executed_at=prev_at)
+            .order_by("-match_sequence")
+            .values_list("price", flat=True)
+            .first()
+        )
     candles: list[Candle] = []
     last_bucket = _floor_time(min(end - dt.timedelta(microseconds=1), now), interval)
     t = start
