@@ -110,7 +110,7 @@ class _Flow:
         return None
 
     def push(self, path: Sequence[tuple], amount: float) -> None:
-        for u, v in zip(path, path[1:]):
+        for u, v in zip(path, path[1:], strict=False):
             self.cap[u][v] -= amount
             self.cap[v][u] += amount
 
@@ -145,7 +145,7 @@ class _Flow:
             path = self._path(s, t, dead)
             if path is None:
                 break
-            amount = min(min(self.cap[u][v] for u, v in zip(path, path[1:])), limit - pushed)
+            amount = min(min(self.cap[u][v] for u, v in zip(path, path[1:], strict=False)), limit - pushed)
             self.push(path, amount)
             pushed += amount
         return int(pushed)

@@ -412,3 +412,17 @@ def test_property_database_clearing_matches_the_pure_clearing_and_keeps_the_inva
     assert all(t.price == expected.price for t in traded)
     instrument_match(instrument_id=inst.pk)
     assert_invariants()
+
+
+@pytest.mark.django_db
+def test_an_order_cancelled_while_collecting_takes_no_part(instrument, buyer, provider):
+    from marketplace.services import order_cancel
+
+    auction_open(instrument=instrument)
+    order = factories.place(buyer, instrument, "buy", 5, "2.00")
+    factories.place(provider, instrument, "sell", 5, "2.00")
+    order_cancel(account=buyer, order_id=order.pk)
+    assert balances_get(account=buyer)["escrow"] == 0
+    result = auction_clear(instrument_id=instrument.pk)
+    assert (result.clearing_price, result.volume, result.orders_count) == (None, 0, 1)
+    assert_invariants()
