@@ -1,0 +1,370 @@
+"""The authorization matrix: every API endpoint and every web page, enumerated from the URL
+resolver (so endpoints added later are covered without editing this file), against every kind
+of caller. Exactly the right callers succeed; every refusal changes nothing.
+
+API callers: anonymous, a revoked key, a key of the owner without the needed scope, a key of
+another account with every scope, and the owner's key with just the needed scope. The needed
+scope is read from the view's own permissions; the policy checked here is that every endpoint
+is either public market data (GET only) or names a scope, and that an object of one account
+(an order, a contract, an API key) answers 404 to every other account.
+
+Web callers: anonymous, a request carrying only a valid API key (keys never open a web
+session), a user of another account, and a user of the owner account. Admin pages: anonymous,
+an ordinary user, staff.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+
+import pytest
+from django.contrib import admin
+from django.contrib.auth import get_user_model
+from django.urls import URLPattern, URLResolver, get_resolver
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.test import APIClient, APIRequestFactory
+
+from marketplace import services
+from marketplace.api.auth import MeterScope, ReadScope, TradeScope
+from marketplace.models import ApiKey, Membership, Order, Trade
+from metering.models import LedgerEntry, UsageEvent
+from pricing.services import instrument_match
+from tests import factories
+
+pytestmark = pytest.mark.django_db
+
+METHODS = ("get", "post", "put", "patch", "delete")
+SCOPES = {ReadScope: "read", TradeScope: "trade", MeterScope: "meter"}
+# URL kwargs naming an object that belongs to one account: another account gets 404.
+OWNED_KWARGS = {"order_id", "key_id", "contract_id", "trade_id", "settlement_id", "event_id"}
+# Web pages anyone may open; every other page needs a signed-in user with an account.
+PUBLIC_PAGES = {"web:markets", "web:instrument", "web:order_preview", "web:login", "web:signup"}
+# A marker only the owner's data contains: another account must never see it.
+MARKER = "owner-marker-7f3a9c"
+
+
+# --- enumeration --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Route:
+    route: str  # e.g. "api/v1/orders/<int:order_id>"
+    name: str | None  # "namespace:name"
+    callback: object
+
+    @property
+    def kwargs(self) -> list[str]:
+        return re.findall(r"<(?:\w+:)?(\w+)>", self.route)
+
+    def __str__(self) -> str:
+        return self.name or self.route
+
+
+def _walk(patterns, prefix: str = "", namespace: str = ""):
+    for p in patterns:
+        if isinstance(p, URLResolver):
+            ns = f"{namespace}{p.namespace}:" if p.namespace else namespace
+            yield from _walk(p.url_patterns, prefix + str(p.pattern), ns)
+        elif isinstance(p, URLPattern):
+            yield Route(prefix + str(p.pattern), f"{namespace}{p.name}" if p.name else None, p.callback)
+
+
+def all_routes() -> list[Route]:
+    return [r for r in _walk(get_resolver().url_patterns) if not r.route.startswith(("admin/", "^admin/"))]
+
+
+def api_operations() -> list[tuple[Route, str]]:
+    ops = []
+    for r in all_routes():
+        if not r.route.startswith("api/v1/"):
+            continue
+        cls = getattr(r.callback, "cls", None)
+        assert cls is not None, f"{r} under /api/v1/ is not a DRF view"
+        ops += [(r, m) for m in METHODS if hasattr(cls, m)]
+    return ops
+
+
+def web_pages() -> list[Route]:
+    return [r for r in all_routes() if not r.route.startswith("api/") and "static" not in r.route]
+
+
+def required_scope(route: Route, method: str) -> str | None:
+    """The scope the view demands for `method` (None: public)."""
+    cls = route.callback.cls
+    view = cls()
+    view.request = Request(APIRequestFactory().generic(method.upper(), "/"))
+    view.kwargs, view.args, view.format_kwarg = {}, (), None
+    perms = view.get_permissions()
+    if all(isinstance(p, AllowAny) for p in perms):
+        return None
+    scopes = [SCOPES[type(p)] for p in perms if type(p) in SCOPES]
+    assert len(scopes) == 1, f"{method.upper()} {route} must name exactly one scope, has {perms}"
+    return scopes[0]
+
+
+# --- the world the matrix runs in -----------------------------------------------------------
+
+
+@pytest.fixture
+def world(catalog):
+    inst = factories.open_instrument(tier="standard", region="cn-west-1")
+    owner = factories.AccountFactory(name=f"Owner {MARKER}", slug=f"owner-{MARKER}", is_buyer=True, is_provider=True)
+    other = factories.AccountFactory(is_buyer=True, is_provider=True)
+    counterparty = factories.AccountFactory(is_buyer=True, is_provider=True)
+    for acct in (owner, other, counterparty):
+        factories.fund(acct, Decimal("100000.00"))
+    # Two contracts of the owner (as buyer and as provider) and a resting order of its own.
+    factories.place(counterparty, inst, "sell", 2, "1.00")
+    factories.place(owner, inst, "buy", 2, "1.00")
+    factories.place(owner, inst, "sell", 1, "1.50")
+    factories.place(counterparty, inst, "buy", 1, "1.50")
+    instrument_match(instrument_id=inst.pk)
+    resting = factories.place(owner, inst, "buy", 1, "0.50", client_order_id=MARKER)
+    instrument_match(instrument_id=inst.pk)
+    contract = Trade.objects.filter(buyer=owner).first()
+    assert contract is not None and Trade.objects.filter(seller=owner).exists()
+
+    User = get_user_model()
+    owner_user = User.objects.create_user("owner-user", password="pw-owner-123!")
+    other_user = User.objects.create_user("other-user", password="pw-other-123!")
+    Membership.objects.create(account=owner, user=owner_user, role=Membership.Role.OWNER)
+    Membership.objects.create(account=other, user=other_user, role=Membership.Role.OWNER)
+    spare_key, _ = services.api_key_create(account=owner, scopes=["read"], name="spare")
+    return {
+        "instrument": inst,
+        "owner": owner,
+        "other": other,
+        "owner_user": owner_user,
+        "other_user": other_user,
+        "order": resting,
+        "contract": contract,
+        "spare_key": spare_key,
+    }
+
+
+def fill_route(route: Route, world) -> str:
+    values = {
+        "symbol": world["instrument"].symbol,
+        "order_id": world["order"].pk,
+        "contract_id": world["contract"].pk,
+        "trade_id": world["contract"].pk,
+        "key_id": world["spare_key"].pk,
+    }
+    missing = [k for k in route.kwargs if k not in values]
+    assert not missing, f"{route}: teach test_access_matrix.fill_route a value for {missing}"
+    path = re.sub(r"<(?:\w+:)?(\w+)>", lambda m: str(values[m.group(1)]), route.route)
+    return "/" + path
+
+
+def key_client(account, scopes, *, revoked: bool = False) -> APIClient:
+    key, raw = services.api_key_create(account=account, scopes=scopes)
+    if revoked:
+        services.api_key_revoke(key=key)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+    return client
+
+
+def state() -> tuple:
+    return (
+        sorted(Order.objects.values_list("id", "status", "filled_quantity")),
+        Trade.objects.count(),
+        LedgerEntry.objects.count(),
+        UsageEvent.objects.count(),
+        sorted(ApiKey.objects.values_list("id", "revoked_at")),
+    )
+
+
+def body_for(route: Route, method: str, world) -> dict | None:
+    if method != "post":
+        return None
+    if route.name == "api:orders":
+        return {"instrument": world["instrument"].symbol, "side": "buy", "quantity": 1_000_000, "price": "0.40"}
+    if route.name == "metering:usage":
+        contract = Trade.objects.filter(seller=world["owner"]).first()
+        return {
+            "events": [
+                {
+                    "event_id": "matrix-1",
+                    "buyer": contract.buyer.slug,
+                    "contract": contract.pk,
+                    "timestamp": contract.instrument.delivery_start.isoformat().replace("+00:00", "Z"),
+                    "usage": {"prompt_tokens": 10, "completion_tokens": 5},
+                }
+            ]
+        }
+    return {}
+
+
+# Query strings some GET endpoints need to answer 200 (market data for a given size/hardware).
+QUERIES = {
+    "pricing:instrument-quote": "?side=buy&quantity=1000000",
+    "pricing:instrument-suggested-price": "?hardware=h100",
+}
+
+
+def text(response) -> str:
+    if getattr(response, "streaming", False):
+        return b"".join(response.streaming_content).decode(errors="replace")
+    return response.content.decode(errors="replace")
+
+
+def call(client, method: str, path: str, body) -> object:
+    fn = getattr(client, method)
+    return fn(path, body, format="json") if body is not None else fn(path)
+
+
+def assert_error_shape(response, status: int) -> None:
+    assert response.status_code == status, (response.status_code, getattr(response, "content", b"")[:300])
+    error = response.json()["error"]
+    assert set(error) == {"code", "message", "fields"} and error["message"]
+
+
+# --- the API matrix -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("route, method", api_operations(), ids=lambda v: str(v))
+def test_api_endpoint_admits_exactly_the_right_callers(world, route, method):
+    scope = required_scope(route, method)
+    owned = any(k in OWNED_KWARGS for k in route.kwargs)
+    if scope is None:
+        assert method == "get" and not owned, f"{method.upper()} {route} is public but is not market data"
+    path = fill_route(route, world) + (QUERIES.get(route.name, "") if method == "get" else "")
+    body = body_for(route, method, world)
+    all_scopes = ["read", "trade", "meter"]
+
+    # Anonymous and a revoked key: 401 (a bad key is never treated as anonymous).
+    callers = [("revoked key", key_client(world["owner"], all_scopes, revoked=True), 401)]
+    if scope is not None:
+        callers.insert(0, ("anonymous", APIClient(), 401))
+        callers.append(("key without scope", key_client(world["owner"], [s for s in all_scopes if s != scope]), 403))
+    for who, client, status in callers:
+        before = state()
+        r = call(client, method, path, body)
+        assert_error_shape(r, status)
+        if status == 401:
+            assert r.has_header("WWW-Authenticate"), who
+        assert state() == before, f"{who} changed something with {method.upper()} {path}"
+
+    # Another account, with every scope: its own objects only.
+    other = key_client(world["other"], all_scopes)
+    before = state()
+    r = call(other, method, path, body)
+    if owned:
+        assert_error_shape(r, 404)
+        assert state() == before, f"another account changed something with {method.upper()} {path}"
+    elif route.name == "metering:usage":
+        # Usage for a contract the caller did not sell is refused and records nothing.
+        assert r.status_code in (200, 400, 403, 404), r.status_code
+        assert UsageEvent.objects.count() == before[3]
+    else:
+        assert r.status_code < 500
+    assert MARKER not in text(r), f"{path} shows another account's data"
+
+    # The owner's key with only the needed scope (read for public endpoints) succeeds.
+    right = key_client(world["owner"], [scope or "read"])
+    r = call(right, method, path, body)
+    assert r.status_code not in (401, 403) and r.status_code < 500, (r.status_code, r.content[:300])
+    if scope is not None:
+        # Private data: the owner's own object is found and the call succeeds.
+        assert r.status_code != 404, r.content[:300]
+        if body is None or route.name in ("api:orders", "metering:usage"):
+            assert 200 <= r.status_code < 300, (r.status_code, r.content[:300])
+    if route.name in ("api:orders", "api:order") and method == "get":
+        assert MARKER in text(r), "the owner must see its own order"
+
+
+def test_every_api_endpoint_is_in_the_matrix():
+    ops = api_operations()
+    assert ("api:orders", "post") in {(r.name, m) for r, m in ops}
+    assert len(ops) >= 12
+
+
+# --- the web matrix -------------------------------------------------------------------------
+
+
+def _login_redirect(r) -> bool:
+    return r.status_code == 302 and "/login/" in r["Location"]
+
+
+@pytest.mark.parametrize("route", web_pages(), ids=str)
+def test_web_page_admits_exactly_the_right_users(world, route, client, settings):
+    if route.name == "web:logout":
+        assert client.get("/logout/").status_code in (302, 405)
+        return
+    path = fill_route(route, world)
+    owned = any(k in OWNED_KWARGS for k in route.kwargs)
+    public = route.name in PUBLIC_PAGES
+
+    from django.test import Client
+
+    owner = Client()
+    owner.force_login(world["owner_user"])
+    method = "get" if owner.get(path).status_code != 405 else "post"
+
+    # Anonymous, and a request with only a valid API key: the same (keys open no session).
+    _, raw = services.api_key_create(account=world["owner"], scopes=["read", "trade", "meter"])
+    for who, c in (("anonymous", Client()), ("api key only", Client(HTTP_AUTHORIZATION=f"Bearer {raw}"))):
+        before = state()
+        r = getattr(c, method)(path)
+        if public:
+            assert r.status_code in (200, 302, 405), (who, r.status_code)
+            assert not _login_redirect(r), who
+        else:
+            assert _login_redirect(r), (who, r.status_code)
+        assert state() == before, f"{who} changed something with {method.upper()} {path}"
+        assert MARKER not in text(r), f"{who} sees the owner's data on {path}"
+
+    other = Client()
+    other.force_login(world["other_user"])
+    before = state()
+    r = getattr(other, method)(path)
+    if owned:
+        assert r.status_code == 404, r.status_code
+        assert state() == before, f"another account changed something with {method.upper()} {path}"
+    else:
+        assert r.status_code < 500 and not _login_redirect(r)
+    assert MARKER not in text(r), f"another account sees the owner's data on {path}"
+
+    r = getattr(owner, method)(path)
+    # 400: a form posted empty was refused on its content, past the access checks.
+    assert r.status_code in ((200, 302) if method == "get" or owned else (200, 302, 400)), r.status_code
+    assert not _login_redirect(r)
+    if route.name == "web:order_cancel":
+        world["order"].refresh_from_db()
+        assert world["order"].status == "cancelled"
+    if route.name == "web:api_key_revoke":
+        world["spare_key"].refresh_from_db()
+        assert world["spare_key"].revoked_at is not None
+    if route.name == "web:orders":
+        assert MARKER in text(r), "the owner must see its own order"
+
+
+def _admin_paths() -> list[str]:
+    paths = ["/admin/"]
+    for model in admin.site._registry:
+        paths.append(f"/admin/{model._meta.app_label}/{model._meta.model_name}/")
+    return paths
+
+
+def test_admin_pages_admit_only_staff(world):
+    from django.test import Client
+
+    staff = get_user_model().objects.create_superuser("staff", password="pw-staff-123!")
+    staff_client, member = Client(), Client()
+    staff_client.force_login(staff)
+    member.force_login(world["owner_user"])
+    _, raw = services.api_key_create(account=world["owner"], scopes=["read", "trade", "meter"])
+    for path in _admin_paths():
+        for who, c in (
+            ("anonymous", Client()),
+            ("member", member),
+            ("api key", Client(HTTP_AUTHORIZATION=f"Bearer {raw}")),
+        ):
+            r = c.get(path)
+            assert r.status_code == 302 and "/admin/login/" in r["Location"], (who, path, r.status_code)
+        r = staff_client.get(path)
+        assert r.status_code == 200, (path, r.status_code)
