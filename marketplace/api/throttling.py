@@ -1,5 +1,6 @@
 import logging
 
+from rest_framework.settings import api_settings
 from rest_framework.throttling import SimpleRateThrottle
 
 log = logging.getLogger(__name__)
@@ -9,6 +10,10 @@ class FailOpenMixin:
     """Counters live in the cache (Redis). If the cache is unreachable the request is let
     through: refusing every order because a rate counter is down would turn a Redis outage
     into an exchange outage, while the database still protects every invariant."""
+
+    def get_rate(self):
+        # Read per request (DRF binds THROTTLE_RATES at import), so overrides apply.
+        return api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)
 
     def allow_request(self, request, view):
         try:
