@@ -45,7 +45,11 @@ class GroupBy:
 
 # group -> (id column, label column, ordering) on Settlement
 _GROUP_COLUMNS: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    GroupBy.DAY: ("trade__instrument__delivery_date", "trade__instrument__delivery_date", ("trade__instrument__delivery_date",)),
+    GroupBy.DAY: (
+        "trade__instrument__delivery_date",
+        "trade__instrument__delivery_date",
+        ("trade__instrument__delivery_date",),
+    ),
     GroupBy.PROVIDER: ("trade__seller_id", "trade__seller__slug", ("trade__seller__slug",)),
     GroupBy.BUYER: ("trade__buyer_id", "trade__buyer__slug", ("trade__buyer__slug",)),
     GroupBy.TIER: (
@@ -53,7 +57,11 @@ _GROUP_COLUMNS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "trade__instrument__tier__code",
         ("trade__instrument__tier__sort_order", "trade__instrument__tier__code"),
     ),
-    GroupBy.REGION: ("trade__instrument__region_id", "trade__instrument__region__code", ("trade__instrument__region__code",)),
+    GroupBy.REGION: (
+        "trade__instrument__region_id",
+        "trade__instrument__region__code",
+        ("trade__instrument__region__code",),
+    ),
 }
 
 
@@ -377,13 +385,20 @@ def trial_balance(*, currency: str | None = None) -> list[CurrencyBalance]:
         .values_list("account__currency", "s")
     )
     balances = dict(
-        LedgerAccount.objects.order_by().values("currency").annotate(s=cents_sum(F("balance"))).values_list("currency", "s")
+        LedgerAccount.objects.order_by()
+        .values("currency")
+        .annotate(s=cents_sum(F("balance")))
+        .values_list("currency", "s")
     )
     out = []
     for cur in sorted(set(entries) | set(balances)):
         if currency and cur != currency:
             continue
-        out.append(CurrencyBalance(currency=cur, entries_total=_money(entries.get(cur)), balances_total=_money(balances.get(cur))))
+        out.append(
+            CurrencyBalance(
+                currency=cur, entries_total=_money(entries.get(cur)), balances_total=_money(balances.get(cur))
+            )
+        )
     return out
 
 
@@ -421,9 +436,7 @@ def reconciliation_get(*, filters: ReportFilters | None = None, limit: int = BRE
         .order_by("pk")
     )
     items, count = _limited(mismatch_qs, limit)
-    mismatches = Breaks(
-        [BalanceMismatch(la.pk, str(la), la.balance, _money(la.entries_total)) for la in items], count
-    )
+    mismatches = Breaks([BalanceMismatch(la.pk, str(la), la.balance, _money(la.entries_total)) for la in items], count)
 
     escrow_qs = (
         settlements_filtered(filters=filters)
@@ -511,8 +524,7 @@ def usage_breaks_get(*, filters: ReportFilters, limit: int = BREAK_LIMIT) -> Bre
     if not raw:
         return Breaks()
     instruments = {
-        i.pk: i.symbol
-        for i in Instrument.objects.select_related("tier", "region").filter(pk__in={r[0] for r in raw})
+        i.pk: i.symbol for i in Instrument.objects.select_related("tier", "region").filter(pk__in={r[0] for r in raw})
     }
     from marketplace.models import Account
 

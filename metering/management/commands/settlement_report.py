@@ -50,7 +50,9 @@ class Command(BaseCommand):
             raise CommandError("--format xlsx writes a binary file: give --output FILE")
 
         instrument_ids = list(
-            Instrument.objects.filter(filters.instrument_q("")).order_by("delivery_date", "id").values_list("id", flat=True)
+            Instrument.objects.filter(filters.instrument_q(""))
+            .order_by("delivery_date", "id")
+            .values_list("id", flat=True)
         )
         chunks = [instrument_ids[i : i + CHUNK_INSTRUMENTS] for i in range(0, len(instrument_ids), CHUNK_INSTRUMENTS)]
         parts = []
