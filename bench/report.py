@@ -308,7 +308,7 @@ def load(args: argparse.Namespace) -> None:
                 [(la_id[(b, "available")], -escrow_by_buyer[b]), (la_id[(b, "escrow")], escrow_by_buyer[b])],
             )
         settle_txn = {}
-        for cid, _, _, buyer, seller, qty, price, delivered, overage, escrow, value, bfee, sfee in contracts:
+        for cid, _, _, buyer, seller, _qty, _price, _delivered, _overage, escrow, value, bfee, sfee in contracts:
             settle_txn[cid] = post(
                 f"settle:{cid}",
                 "settlement",
