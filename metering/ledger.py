@@ -185,11 +185,14 @@ def _apply_balances(legs: list[tuple[int, Decimal]]) -> dict[int, Decimal]:
             )
             out = {row[0]: Decimal(row[1]) for row in cur.fetchall()}
         else:
+            # SQLite does NUMERIC arithmetic in floats: ROUND(..., 2) snaps every sum back to the
+            # cent it is, so errors never accumulate and an emptied account is exactly 0, not
+            # -1e-15 (which the CHECK would refuse). PostgreSQL's numeric is exact already.
+            expr = "balance + %s" if connection.vendor == "postgresql" else "ROUND(balance + %s, 2)"
             for ledger_account_id, amount in legs:
                 cur.execute(
-                    "UPDATE metering_ledgeraccount SET balance = balance + %s WHERE id = %s RETURNING balance",
+                    f"UPDATE metering_ledgeraccount SET balance = {expr} WHERE id = %s RETURNING balance",
                     [amount, ledger_account_id],
                 )
-                # SQLite hands NUMERIC arithmetic back as a float: round it to the cent it is.
                 out[ledger_account_id] = Decimal(str(cur.fetchone()[0])).quantize(Decimal("0.01"))
     return out
