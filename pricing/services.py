@@ -11,14 +11,18 @@ and a crash mid-batch leaves nothing behind.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
+import operator
 from collections import defaultdict
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import reduce
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, Max, Min, OuterRef, Q, QuerySet, TextField
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from marketplace.models import (
@@ -108,6 +112,31 @@ _ORDER_FIELDS = (
 )
 
 
+def _order_rows(qs: QuerySet[Order]) -> list[dict]:
+    """Rows of _ORDER_FIELDS for the matcher. On PostgreSQL they are read with a plain cursor
+    and allowed_hardware is decoded once per distinct value (nearly all are []): the ORM's
+    per-row JSON decoding and converters were most of the cost of loading a deep book."""
+    if connection.vendor != "postgresql":
+        return list(qs.values(*_ORDER_FIELDS))
+    fields = [f for f in _ORDER_FIELDS if f != "allowed_hardware"]
+    sql, params = (
+        qs.annotate(allowed_text=Cast("allowed_hardware", TextField()))
+        .values_list(*fields, "allowed_text")
+        .query.sql_with_params()
+    )
+    decoded: dict[str | None, list[str]] = {}
+    rows = []
+    with connection.cursor() as cur:
+        cur.execute(sql, params)
+        for *values, allowed in cur.fetchall():
+            row = dict(zip(fields, values, strict=True))
+            if allowed not in decoded:
+                decoded[allowed] = json.loads(allowed) if allowed else []
+            row["allowed_hardware"] = decoded[allowed]
+            rows.append(row)
+    return rows
+
+
 def match_locked(*, book_row: InstrumentBook, batch_size: int | None = None) -> tuple[int, int]:
     """Run one batch. The caller holds SELECT FOR UPDATE on `book_row` inside a transaction.
 
@@ -123,18 +152,27 @@ def match_locked(*, book_row: InstrumentBook, batch_size: int | None = None) -> 
     if instrument.status != Instrument.Status.OPEN or now >= instrument.delivery_end or instrument.in_call_auction:
         return 0, 0
     batch_size = batch_size or settings.MATCH_BATCH_SIZE
-    pending = list(
-        Order.objects.filter(instrument_id=instrument.id, pending_match=True)
-        .order_by("sequence")
-        .values(*_ORDER_FIELDS)[:batch_size]
+    pending = _order_rows(
+        Order.objects.filter(instrument_id=instrument.id, pending_match=True).order_by("sequence")[:batch_size]
     )
     if not pending:
         return 0, 0
     hw = _hardware_codes()
-    hw_ids = {code: pk for pk, code in hw.items()}
-    resting_rows = list(
-        Order.objects.filter(instrument_id=instrument.id, pending_match=False, status__in=LIVE_STATUSES).values(
-            *_ORDER_FIELDS
+    # Load only the resting orders this batch can reach: asks at or below its highest bid, bids
+    # at or above its lowest ask. No order of the batch can trade with (or, post-only, cross)
+    # anything else, and what rests during the batch is in memory, so the fills are those of
+    # the whole book while a deep book costs nothing per batch. Top of book is read back after
+    # the writes (_write_batch) since the loaded part may not hold it.
+    buy_max = max((r["price"] for r in pending if r["side"] == engine.BUY), default=None)
+    sell_min = min((r["price"] for r in pending if r["side"] == engine.SELL), default=None)
+    reachable = []
+    if buy_max is not None:
+        reachable.append(Q(side=engine.SELL, price__lte=buy_max))
+    if sell_min is not None:
+        reachable.append(Q(side=engine.BUY, price__gte=sell_min))
+    resting_rows = _order_rows(
+        Order.objects.filter(instrument_id=instrument.id, pending_match=False, status__in=LIVE_STATUSES).filter(
+            reduce(operator.or_, reachable)
         )
     )
     rows_by_id = {r["id"]: r for r in resting_rows}
@@ -143,7 +181,7 @@ def match_locked(*, book_row: InstrumentBook, batch_size: int | None = None) -> 
 
     results = [book.submit(_book_order(r, hw)) for r in pending]
     return len(pending), _write_batch(
-        instrument=instrument, book_row=book_row, book=book, results=results, rows_by_id=rows_by_id, now=now
+        instrument=instrument, book_row=book_row, results=results, rows_by_id=rows_by_id, hw=hw, now=now
     )
 
 
@@ -151,14 +189,14 @@ def _write_batch(
     *,
     instrument: Instrument,
     book_row: InstrumentBook,
-    book: engine.OrderBook,
     results: list[engine.Result],
     rows_by_id: dict[int, dict],
+    hw: dict[int, str],
     now: dt.datetime,
 ) -> int:
-    hw_ids = {code: pk for pk, code in _hardware_codes().items()}
+    hw_ids = {code: pk for pk, code in hw.items()}
     lot = instrument.lot_size
-    trades: list[Trade] = []
+    trades: list[tuple] = []  # _MATCH_TRADE_COLUMNS
     filled_by: dict[int, int] = defaultdict(int)
     final: dict[int, tuple[str, str]] = {}  # order id -> (status, reason) for takers
     release: dict[int, Decimal] = defaultdict(Decimal)  # buyer Account id -> escrow to release
@@ -177,21 +215,19 @@ def _write_batch(
             filled_by[f.maker_id] += f.quantity
             filled_by[f.taker_id] += f.quantity
             trades.append(
-                Trade(
-                    instrument_id=instrument.id,
-                    buy_order_id=f.buy_id,
-                    sell_order_id=f.sell_id,
-                    buyer_id=f.buyer_account_id,
-                    seller_id=f.seller_account_id,
-                    hardware_id=hw_ids[f.hardware],
-                    quantity=f.quantity,
-                    price=f.price,
-                    aggressor_side=f.aggressor,
-                    match_sequence=match_seq,
-                    buyer_fee_bps=buyer_bps,
-                    seller_fee_bps=seller_bps,
-                    buyer_escrow=escrow,
-                    executed_at=now,
+                (
+                    f.buy_id,
+                    f.sell_id,
+                    f.buyer_account_id,
+                    f.seller_account_id,
+                    hw_ids[f.hardware],
+                    f.quantity,
+                    f.price,
+                    f.aggressor,
+                    match_seq,
+                    buyer_bps,
+                    seller_bps,
+                    escrow,
                 )
             )
         if res.outcome in (engine.CANCELLED, engine.REJECTED):
@@ -220,20 +256,78 @@ def _write_batch(
         updates.append((order_id, filled, status, reason))
     _bulk_update_orders(updates, now)
 
-    if trades:
-        Trade.objects.bulk_create(trades, batch_size=2000)
+    _bulk_insert_trades(instrument_id=instrument.id, trades=trades, now=now)
     _post_release(instrument_id=instrument.id, batch_key=results[-1].order.seq, release=release)
 
     book_row.last_matched_sequence = results[-1].order.seq
     book_row.last_trade_sequence = match_seq
     book_row.batches += 1
-    book_row.best_bid = book.best_bid()
-    book_row.best_ask = book.best_ask()
+    top = Order.objects.filter(instrument_id=instrument.id, pending_match=False, status__in=LIVE_STATUSES).aggregate(
+        bid=Max("price", filter=Q(side=engine.BUY)), ask=Min("price", filter=Q(side=engine.SELL))
+    )
+    book_row.best_bid, book_row.best_ask = top["bid"], top["ask"]
     if trades:
-        book_row.last_price = trades[-1].price
+        book_row.last_price = trades[-1][_MATCH_TRADE_COLUMNS.index("price")]
         book_row.last_trade_at = now
     book_row.save()
     return len(trades)
+
+
+# Columns of a trade row built by _write_batch (besides instrument_id and executed_at).
+_MATCH_TRADE_COLUMNS = (
+    "buy_order_id",
+    "sell_order_id",
+    "buyer_id",
+    "seller_id",
+    "hardware_id",
+    "quantity",
+    "price",
+    "aggressor_side",
+    "match_sequence",
+    "buyer_fee_bps",
+    "seller_fee_bps",
+    "buyer_escrow",
+)
+_MATCH_TRADE_PG_TYPES = ("bigint", "bigint", "bigint", "bigint", "bigint", "bigint", "numeric", "text", "bigint",
+                   "integer", "integer", "numeric")  # fmt: skip
+
+
+def _pg_array(values: list) -> str:
+    """A PostgreSQL array literal of numbers or plain words: much cheaper to send than a list,
+    which the driver adapts item by item. Words must not need escaping."""
+    out = []
+    for v in values:
+        if isinstance(v, str):
+            assert '"' not in v and "\\" not in v, v
+            out.append(f'"{v}"')
+        else:
+            out.append(str(v))
+    return "{" + ",".join(out) + "}"
+
+
+def _bulk_insert_trades(*, instrument_id: int, trades: list[tuple], now: dt.datetime) -> None:
+    if not trades:
+        return
+    columns = {f.column for f in Trade._meta.concrete_fields} - {"id"}
+    if connection.vendor == "postgresql" and columns == {*_MATCH_TRADE_COLUMNS, "instrument_id", "executed_at"}:
+        # One INSERT ... SELECT FROM unnest() per batch; falls back to the ORM below if the
+        # Trade model gains a column this statement does not know.
+        names = ", ".join(_MATCH_TRADE_COLUMNS)
+        arrays = ", ".join(f"%s::{t}[]" for t in _MATCH_TRADE_PG_TYPES)
+        with connection.cursor() as cur:
+            cur.execute(
+                f"INSERT INTO marketplace_trade (instrument_id, executed_at, {names}) "
+                f"SELECT %s, %s, {names} FROM unnest({arrays}) AS v({names})",
+                [instrument_id, now, *(_pg_array([t[i] for t in trades]) for i in range(len(_MATCH_TRADE_COLUMNS)))],
+            )
+        return
+    Trade.objects.bulk_create(
+        [
+            Trade(instrument_id=instrument_id, executed_at=now, **dict(zip(_MATCH_TRADE_COLUMNS, t, strict=True)))
+            for t in trades
+        ],
+        batch_size=2000,
+    )
 
 
 def _post_release(*, instrument_id: int, batch_key: int, release: dict[int, Decimal]) -> None:
@@ -265,7 +359,7 @@ def _bulk_update_orders(updates: list[tuple[int, int, str, str]], now: dt.dateti
                 "status_reason = v.reason, pending_match = false, updated_at = %s "
                 "FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::text[]) AS v(id, filled, status, reason) "
                 "WHERE o.id = v.id",
-                [now, [u[0] for u in updates], [u[1] for u in updates], [u[2] for u in updates], [u[3] for u in updates]],
+                [now, *(_pg_array([u[i] for u in updates]) for i in range(4))],
             )
         return
     objs = [
