@@ -331,7 +331,8 @@ def usage_by_day(*, account: Account, days: int = 14, now: dt.datetime | None = 
         datasets.append(
             {"label": "Delivered (as provider)", "data": [delivered[d] / TOKENS_PER_PRICE_UNIT for d in labels]}
         )
-    return {"labels": labels, "datasets": datasets}
+    total = sum(consumed.values()) + sum(delivered.values())
+    return {"labels": labels, "datasets": datasets, "total": total}
 
 
 # --- balances and statement ---------------------------------------------------------------

@@ -209,6 +209,10 @@ def test_order_form_shows_field_errors_for_lot_size_and_tick(site):
     assert page.locator("#id_quantity_mtok_errors").count() == 0
     assert not Order.objects.exists()
 
+    # The price chart's interval choice refreshes the chart data in place.
+    page.get_by_label("Interval", exact=True).select_option("1m")
+    page.wait_for_function("JSON.parse(document.getElementById('candles-data').textContent).interval === '1m'")
+
     # The field keeps the keyboard: errors are announced beside the inputs, which stay labelled.
     assert page.get_by_label("Limit price per Mtok").input_value() == "0.505"
     assert not page.js_errors

@@ -282,6 +282,8 @@ def test_order_form_shows_the_apis_words_beside_the_field(instrument, catalog, d
     assert response.context["form"].errors[field] == [message]
     body = response.content.decode()
     assert f'id="id_{field}_errors"' in body and message.replace("'", "&#x27;") in body
+    if field != "hardware":  # a text input names its error for screen readers
+        assert f'aria-describedby="id_{field}_errors"' in body
     htmx = _order_post(client, instrument, htmx=True, **fields)
     assert htmx.status_code == 200 and message.replace("'", "&#x27;") in htmx.content.decode()
     assert not Order.objects.filter(account=acct).exists()

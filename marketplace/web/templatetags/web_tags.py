@@ -50,3 +50,15 @@ def signed(value: Decimal | None) -> str:
     if value is None:
         return "–"
     return f"+{price(value)}" if value > 0 else price(value)
+
+
+@register.filter
+def widget(field) -> str:
+    """Render a bound field's input with aria-describedby naming its help text and errors."""
+    ids = []
+    if field.help_text:
+        ids.append(f"{field.auto_id}_helptext")
+    if field.errors:
+        ids.append(f"{field.auto_id}_errors")
+    attrs = {"aria-describedby": " ".join(ids)} if ids else None
+    return field.as_widget(attrs=attrs)
