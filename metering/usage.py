@@ -252,17 +252,15 @@ def usage_ingest(*, provider: Account, events: Any, now: dt.datetime | None = No
     report = IngestReport()
     parsed: list[_Parsed] = []
     first_by_id: dict[str, _Parsed] = {}
+    repeats: list[tuple[_Parsed, _Parsed]] = []
     for index, raw in enumerate(events):
         result, p = _parse_event(index, raw)
         report.results.append(result)
         if p is None:
             continue
         earlier = first_by_id.get(result.event_id)
-        if earlier is not None:  # the same event twice in one batch: the first one counts
-            same = earlier.payload_hash == p.payload_hash
-            result.status = Status.DUPLICATE if same else Status.CONFLICT
-            if not same:
-                result.reason, result.message = "conflict", "event_id repeated in this batch with another payload."
+        if earlier is not None:  # the same event id twice in one batch: classified at the end
+            repeats.append((p, earlier))
             continue
         first_by_id[result.event_id] = p
         parsed.append(p)
@@ -326,6 +324,22 @@ def usage_ingest(*, provider: Account, events: Any, now: dt.datetime | None = No
             else:
                 r.status, r.reason = Status.CONFLICT, "conflict"
                 r.message = "This event_id was already reported with a different payload; the first report stands."
+    # A repeat within the batch is compared with what is stored under its id (stored before or
+    # just now); if nothing is, it shares the first occurrence's fate when it is the same event.
+    for p, first in repeats:
+        r = p.result
+        stored = existing.get(r.event_id) or (first.payload_hash if r.event_id in inserted else None)
+        if stored is not None:
+            same = stored == p.payload_hash
+            r.status = Status.DUPLICATE if same else Status.CONFLICT
+            if not same:
+                r.reason = "conflict"
+                r.message = "This event_id was already reported with a different payload; the first report stands."
+        elif first.payload_hash == p.payload_hash:
+            r.status, r.reason, r.message = first.result.status, first.result.reason, first.result.message
+        else:
+            r.status, r.reason = Status.CONFLICT, "conflict"
+            r.message = "event_id repeated in this batch with another payload."
     return report
 
 
