@@ -320,7 +320,9 @@ def test_the_sweep_expires_what_is_left_on_an_instrument_whose_period_has_ended(
     assert_invariants()
 
 
-def test_a_halted_instrument_does_not_match_until_resumed(buyer, provider, instrument, _matching_queue):
+def test_a_halted_instrument_does_not_match_until_resumed(
+    buyer, provider, instrument, _matching_queue, django_capture_on_commit_callbacks
+):
     sell = place(provider, instrument, "sell", 5, "1.20")
     buy = place(buyer, instrument, "buy", 5, "1.30")
     market.instrument_set_status(instrument=instrument, status=Instrument.Status.HALTED)
@@ -329,9 +331,7 @@ def test_a_halted_instrument_does_not_match_until_resumed(buyer, provider, instr
     assert sell.pending_match and buy.pending_match and not Trade.objects.exists()
 
     # Resuming queues matching of what waited (after commit).
-    from django.test import TestCase
-
-    with TestCase.captureOnCommitCallbacks(execute=True):
+    with django_capture_on_commit_callbacks(execute=True):
         market.instrument_set_status(instrument=instrument, status=Instrument.Status.OPEN)
     assert instrument.pk in _matching_queue
     match(instrument)
