@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from django.conf import settings
-from django.db import connection
-from django.db.models import Aggregate, Count, DecimalField, ExpressionWrapper, F, Field, Max, Min, Sum
-from django.db.models.functions import Cast, Trunc
+from django.db import connection, transaction
+from django.db.models import Count, DecimalField, ExpressionWrapper, F, Max, Min, Sum
+from django.db.models.expressions import RawSQL
+from django.db.models.functions import Trunc
 from django.utils import timezone
 
 from marketplace.models import LIVE_STATUSES, Hardware, HardwareThroughput, Instrument, Order, Region, Tier, Trade
@@ -76,20 +77,6 @@ def _floor_time(t: dt.datetime, interval: str) -> dt.datetime:
     return t.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
-class _SeqPrice(Aggregate):
-    """MIN or MAX of ARRAY[match_sequence, price] on PostgreSQL: arrays compare element by
-    element, so this is the (sequence, price) of the bucket's first or last trade, in the same
-    pass as the other aggregates."""
-
-    template = "%(function)s(ARRAY[%(expressions)s])"
-
-    def __init__(self, function: str) -> None:
-        super().__init__(
-            Cast("match_sequence", DecimalField(max_digits=20, decimal_places=0)), F("price"), output_field=Field()
-        )
-        self.function = function
-
-
 def instrument_candles(
     *,
     instrument: Instrument,
@@ -120,29 +107,34 @@ def instrument_candles(
             "range_too_large", f"At most {MAX_CANDLES} candles per request; narrow from/to.", field="from"
         )
     trades = Trade.objects.filter(instrument=instrument, executed_at__gte=start, executed_at__lt=end)
-    aggregates = {
-        "high": Max("price"),
-        "low": Min("price"),
-        "volume": Sum("quantity"),
-        "notional": Sum(_notional_expr()),
-        "trades": Count("id"),
-        "first_seq": Min("match_sequence"),
-        "last_seq": Max("match_sequence"),
-    }
-    postgres = connection.vendor == "postgresql"
-    if postgres:
-        aggregates |= {"first": _SeqPrice("MIN"), "last": _SeqPrice("MAX")}
-    rows = list(
-        trades.annotate(bucket=Trunc("executed_at", kind, tzinfo=UTC))
-        .values("bucket")
-        .annotate(**aggregates)
-        .order_by("bucket")
-    )
-    if postgres:
-        price_at = {r["first_seq"]: r["first"][1] for r in rows} | {r["last_seq"]: r["last"][1] for r in rows}
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            # Enough memory to group a million rows without spilling the sort to disk.
+            with connection.cursor() as cur:
+                cur.execute("SET LOCAL work_mem = '64MB'")
+        rows = list(
+            trades.annotate(bucket=Trunc("executed_at", kind, tzinfo=UTC))
+            .values("bucket")
+            .annotate(
+                high=Max("price"),
+                low=Min("price"),
+                volume=Sum("quantity"),
+                notional=Sum(_notional_expr()),
+                trades=Count("id"),
+                first_seq=Min("match_sequence"),
+                last_seq=Max("match_sequence"),
+            )
+            .order_by("bucket")
+        )
+    # Open and close: the prices at the first and last sequence numbers, by the unique
+    # (instrument, match_sequence) index; on PostgreSQL the numbers go as one array parameter.
+    seqs = sorted({r["first_seq"] for r in rows} | {r["last_seq"] for r in rows})
+    by_seq = Trade.objects.filter(instrument=instrument)
+    if connection.vendor == "postgresql":
+        by_seq = by_seq.filter(match_sequence__in=RawSQL("SELECT unnest(%s::bigint[])", [seqs]))
     else:
-        seqs = {r["first_seq"] for r in rows} | {r["last_seq"] for r in rows}
-        price_at = dict(trades.filter(match_sequence__in=seqs).values_list("match_sequence", "price"))
+        by_seq = by_seq.filter(match_sequence__in=seqs)
+    price_at = dict(by_seq.values_list("match_sequence", "price"))
     by_bucket = {r["bucket"].astimezone(UTC): r for r in rows}
     # The close before the range: the latest time first (the (instrument, -executed_at) index
     # answers it without a sort), then the last trade at that time by sequence.

@@ -420,11 +420,10 @@ def auctions_open_due(*, now: dt.datetime | None = None) -> int:
 def _auction_orders(instrument_id: int, hw: dict[int, str]) -> tuple[list[dict], list]:
     from .auction import AuctionOrder
 
-    rows = list(
-        Order.objects.filter(instrument_id=instrument_id, status__in=LIVE_STATUSES)
-        .order_by("sequence")
-        .values(*_ORDER_FIELDS, "pending_match")
-    )
+    live = Order.objects.filter(instrument_id=instrument_id, status__in=LIVE_STATUSES)
+    rows = [{**r, "pending_match": False} for r in _order_rows(live.filter(pending_match=False))]
+    rows += [{**r, "pending_match": True} for r in _order_rows(live.filter(pending_match=True))]
+    rows.sort(key=lambda r: r["sequence"])
     # Fill-or-kill and post-only only make sense against a continuous book: a pending one skips
     # the auction and is processed by continuous matching when it opens.
     participants = [
@@ -452,7 +451,9 @@ def auction_reference_price(*, instrument: Instrument, book_row: InstrumentBook)
         return book_row.last_price
     from .models import IndexValue
 
-    return IndexValue.objects.filter(tier_id=instrument.tier_id).order_by("-day").values_list("value", flat=True).first()
+    return (
+        IndexValue.objects.filter(tier_id=instrument.tier_id).order_by("-day").values_list("value", flat=True).first()
+    )
 
 
 def auction_clear(*, instrument_id: int, now: dt.datetime | None = None) -> CallAuction:
@@ -483,7 +484,7 @@ def auction_clear(*, instrument_id: int, now: dt.datetime | None = None) -> Call
 
         lot = instrument.lot_size
         release: dict[int, Decimal] = defaultdict(Decimal)
-        trades: list[Trade] = []
+        trades: list[tuple] = []  # rows of _MATCH_TRADE_COLUMNS
         match_seq = book_row.last_trade_sequence
         for f in result.fills:
             buy_row, sell_row = rows_by_id[f.buy_id], rows_by_id[f.sell_id]
@@ -496,23 +497,9 @@ def auction_clear(*, instrument_id: int, now: dt.datetime | None = None) -> Call
             release[f.buyer_account_id] += (f.quantity // lot) * buy_row["reserve_per_lot"] - escrow
             match_seq += 1
             trades.append(
-                Trade(
-                    instrument_id=instrument_id,
-                    buy_order_id=f.buy_id,
-                    sell_order_id=f.sell_id,
-                    buyer_id=f.buyer_account_id,
-                    seller_id=f.seller_account_id,
-                    hardware_id=hw_ids[f.hardware],
-                    quantity=f.quantity,
-                    price=result.price,
-                    aggressor_side=aggressor,
-                    match_sequence=match_seq,
-                    buyer_fee_bps=buyer_bps,
-                    seller_fee_bps=seller_bps,
-                    buyer_escrow=escrow,
-                    executed_at=now,
-                )
-            )
+                (f.buy_id, f.sell_id, f.buyer_account_id, f.seller_account_id, hw_ids[f.hardware], f.quantity,
+                 result.price, aggressor, match_seq, buyer_bps, seller_bps, escrow)
+            )  # fmt: skip
 
         updates: list[tuple[int, int, str, str, bool]] = []
         for o in orders:
@@ -534,8 +521,7 @@ def auction_clear(*, instrument_id: int, now: dt.datetime | None = None) -> Call
             check_transition(row["status"], status)
             updates.append((o.id, filled, status, reason, pending))
         _auction_update_orders(updates, now)
-        if trades:
-            Trade.objects.bulk_create(trades, batch_size=2000)
+        _bulk_insert_trades(instrument_id=instrument_id, trades=trades, now=now)
         _post_release(instrument_id=instrument_id, batch_key="auction", release=release)  # type: ignore[arg-type]
 
         book_row.last_trade_sequence = match_seq
@@ -573,11 +559,17 @@ def _auction_update_orders(updates: list[tuple[int, int, str, str, bool]], now: 
                 "status_reason = v.reason, pending_match = v.pending, updated_at = %s "
                 "FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::text[], %s::boolean[]) "
                 "AS v(id, filled, status, reason, pending) WHERE o.id = v.id",
-                [now, *([u[i] for u in updates] for i in range(5))],
+                [
+                    now,
+                    *(_pg_array([u[i] for u in updates]) for i in range(4)),
+                    _pg_array([str(u[4]).lower() for u in updates]),
+                ],
             )
         return
     objs = [
-        Order(id=oid, filled_quantity=filled, status=status, status_reason=reason, pending_match=pending, updated_at=now)
+        Order(
+            id=oid, filled_quantity=filled, status=status, status_reason=reason, pending_match=pending, updated_at=now
+        )
         for oid, filled, status, reason, pending in updates
     ]
     Order.objects.bulk_update(
