@@ -29,13 +29,25 @@ from . import engine
 TradeTuple = tuple[int, int, Decimal, int, str]
 
 
+class ReplayUnsupported(Exception):
+    pass
+
+
 def instrument_replay(*, instrument_id: int) -> list[TradeTuple]:
-    """The trades the pure engine makes from this instrument's recorded order stream."""
+    """The trades the pure engine makes from this instrument's recorded order stream.
+
+    Raises ReplayUnsupported for an instrument whose day-ahead call auction made trades: the
+    auction clears at one price outside the continuous engine, and the stream does not record
+    where it cleared.
+    """
+    from .models import CallAuction
+
+    if CallAuction.objects.filter(instrument_id=instrument_id, trades_count__gt=0).exists():
+        raise ReplayUnsupported(
+            f"instrument {instrument_id} traded in a call auction; replay covers continuous matching"
+        )
     last_matched = (
-        InstrumentBook.objects.filter(pk=instrument_id)
-        .values_list("last_matched_sequence", flat=True)
-        .first()
-        or 0
+        InstrumentBook.objects.filter(pk=instrument_id).values_list("last_matched_sequence", flat=True).first() or 0
     )
     hw = dict(Hardware.objects.values_list("id", "code"))
     rows = list(
@@ -67,9 +79,7 @@ def instrument_replay(*, instrument_id: int) -> list[TradeTuple]:
     ci = 0
     for r in rows:
         while ci < len(cancels) and cancels[ci][0] < r["sequence"]:
-            book.cancel(
-                cancels[ci][2]
-            )  # None if it never rested (already gone): nothing to do
+            book.cancel(cancels[ci][2])  # None if it never rested (already gone): nothing to do
             ci += 1
         if r["id"] in never_submitted:
             continue
@@ -86,9 +96,7 @@ def instrument_replay(*, instrument_id: int) -> list[TradeTuple]:
                 allowed=frozenset(r["allowed_hardware"] or ()),
             )
         )
-        trades.extend(
-            (f.buy_id, f.sell_id, f.price, f.quantity, f.hardware) for f in result.fills
-        )
+        trades.extend((f.buy_id, f.sell_id, f.price, f.quantity, f.hardware) for f in result.fills)
     return trades
 
 
@@ -96,11 +104,7 @@ def instrument_trades(*, instrument_id: int) -> list[TradeTuple]:
     """The trades the database holds for this instrument, in execution order, as replay tuples."""
     return [
         (buy_id, sell_id, price, quantity, code)
-        for buy_id, sell_id, price, quantity, code in Trade.objects.filter(
-            instrument_id=instrument_id
-        )
+        for buy_id, sell_id, price, quantity, code in Trade.objects.filter(instrument_id=instrument_id)
         .order_by("match_sequence")
-        .values_list(
-            "buy_order_id", "sell_order_id", "price", "quantity", "hardware__code"
-        )
+        .values_list("buy_order_id", "sell_order_id", "price", "quantity", "hardware__code")
     ]
