@@ -322,5 +322,28 @@ def _settle_chunk(*, instrument: Instrument, first: tuple[int, int], last: tuple
         txns = ledger_post_many(postings=postings)
         for row, txn in zip(rows, txns, strict=True):
             row.transaction = txn
-        Settlement.objects.bulk_create(rows, batch_size=2000)
+        _insert_settlements(rows)
     return report
+
+
+_SETTLEMENT_FIELDS = (
+    "trade_id", "delivered_tokens", "unused_tokens", "value", "buyer_fee", "seller_fee", "provider_payout", "refund",
+    "overage_tokens", "transaction_id", "settled_at",
+)  # fmt: skip
+_SETTLEMENT_TYPES = ("bigint", "bigint", "bigint", "numeric", "numeric", "numeric", "numeric", "numeric", "bigint", "bigint", "timestamptz")
+
+
+def _insert_settlements(rows: list[Settlement]) -> None:
+    """One INSERT ... SELECT FROM unnest() on PostgreSQL (bulk_create elsewhere)."""
+    if not rows:
+        return
+    if connection.vendor != "postgresql":
+        Settlement.objects.bulk_create(rows, batch_size=2000)
+        return
+    columns = ", ".join(_SETTLEMENT_FIELDS)
+    arrays = ", ".join(f"%s::{t}[]" for t in _SETTLEMENT_TYPES)
+    with connection.cursor() as cur:
+        cur.execute(
+            f"INSERT INTO metering_settlement ({columns}) SELECT * FROM unnest({arrays})",
+            [[getattr(r, f) for r in rows] for f in _SETTLEMENT_FIELDS],
+        )

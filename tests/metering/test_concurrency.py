@@ -32,7 +32,8 @@ from metering.usage import usage_ingest
 from tests import factories
 from tests.conftest import api_client_for
 from tests.invariants import assert_invariants
-from tests.workers import celery_workers, test_database_url, worker_env  # noqa: F401 (fixture)
+from tests import workers
+from tests.workers import celery_workers  # noqa: F401 (fixture)
 
 from .builders import contract, event, spot_instrument
 
@@ -142,7 +143,7 @@ def test_the_same_batch_posted_by_several_clients_at_once_counts_once(transactio
 
 
 def _settle_process(*extra: str) -> subprocess.Popen:
-    env = worker_env() if settings.REDIS_URL else dict(os.environ, DATABASE_URL=test_database_url(), CONN_MAX_AGE="0")
+    env = workers.worker_env() if settings.REDIS_URL else dict(os.environ, DATABASE_URL=workers.test_database_url(), CONN_MAX_AGE="0")
     return subprocess.Popen(
         [sys.executable, "manage.py", "settle", *extra],
         cwd=BASE_DIR,
@@ -213,7 +214,7 @@ def test_a_settlement_process_killed_mid_transaction_leaves_nothing_half_written
     # writing its ledger transactions. Then SIGKILL the process.
     third = sorted(trades, key=lambda t: (t.buyer_id, t.seller_id))[2]
     locked_id = ledger_accounts_ensure(account=third.buyer)["available"].pk
-    dsn = test_database_url()
+    dsn = workers.test_database_url()
     # (A separate autocommit connection watches: pg_stat_activity is a snapshot per transaction.)
     with psycopg.connect(dsn) as holder, psycopg.connect(dsn, autocommit=True) as monitor:
         holder.execute("SELECT id FROM metering_ledgeraccount WHERE id = %s FOR UPDATE", [locked_id])
