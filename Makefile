@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 ADDR ?= 127.0.0.1:8000
 
-.PHONY: run test install migrate seed lint bench-match clean
+.PHONY: run test install migrate seed lint bench-match bench-candles bench-auction clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ lint: install
 
 bench-match: install
 	$(BIN)/python bench/match.py
+
+bench-candles: install
+	$(BIN)/python bench/candles.py
+
+bench-auction: install
+	$(BIN)/python bench/auction.py
 
 clean:
 	rm -rf $(VENV) var db.sqlite3* staticfiles
