@@ -1,0 +1,52 @@
+"""Query counts of the API's hot paths, pinned (bench/api.py measures their throughput).
+
+A change that adds a query per order placed, per book read or per usage batch shows up here,
+not as a slower benchmark weeks later."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from tests.conftest import api_client_for
+
+pytestmark = pytest.mark.django_db
+
+
+def count(fn) -> int:
+    with CaptureQueriesContext(connection) as ctx:
+        response = fn()
+    assert response.status_code < 300, response.content[:300]
+    return len(ctx.captured_queries)
+
+
+def test_placing_an_order_takes_a_fixed_number_of_queries(buyer, instrument):
+    client = api_client_for(buyer)
+    client.get("/api/v1/orders")  # the key's last_used_at is touched once a minute, not per request
+
+    def place(price):
+        body = {"instrument": instrument.symbol, "side": "buy", "quantity": 1_000_000, "price": price}
+        return lambda: client.post("/api/v1/orders", body, format="json")
+
+    first, second = count(place("1.00")), count(place("1.01"))
+    # Key, instrument, hardware; sequence, order, escrow (ledger transaction, entries, two
+    # balances) in one transaction; no re-read of the order for the response.
+    assert first == second
+    assert first <= (16 if connection.vendor == "postgresql" else 16)
+
+
+def test_reading_a_book_takes_as_many_queries_for_a_full_book_as_for_an_empty_one(instrument, buyer, provider):
+    from rest_framework.test import APIClient
+
+    from pricing.services import instrument_match
+    from tests import factories
+
+    client = APIClient()
+    path = f"/api/v1/instruments/{instrument.symbol}/book"
+    empty = count(lambda: client.get(path))
+    for i in range(15):
+        factories.place(buyer, instrument, "buy", 1, f"{0.50 + i / 100:.2f}")
+        factories.place(provider, instrument, "sell", 1, f"{1.50 + i / 100:.2f}", hardware=("h100", "h200")[i % 2])
+    instrument_match(instrument_id=instrument.pk)
+    assert count(lambda: client.get(path)) == empty <= 4
