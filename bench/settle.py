@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--providers", type=int, default=100)
     ap.add_argument("--chunk", type=int, default=2000, help="contracts per settlement transaction")
     ap.add_argument("--timeout", type=float, default=1200)
+    ap.add_argument("--slowest", type=int, default=0, help="print the N slowest SQL statements of the settlement")
     args = ap.parse_args()
     n_contracts = max(1, int(args.contracts * args.scale))
     n_events = max(1, int(args.events * args.scale))
@@ -156,9 +157,14 @@ def main() -> None:
             state["last"] = time.perf_counter()
             print(f"  {symbol}: {report.contracts:,} contracts of this instrument", flush=True)
 
-    t0 = time.perf_counter()
-    report = settlements_run_due(now=timezone.now(), chunk_contracts=args.chunk, progress=progress)
-    settle_s = time.perf_counter() - t0
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        t0 = time.perf_counter()
+        report = settlements_run_due(now=timezone.now(), chunk_contracts=args.chunk, progress=progress)
+        settle_s = time.perf_counter() - t0
+    for q in sorted(queries.captured_queries, key=lambda q: -float(q["time"]))[: args.slowest]:
+        print(f"  {float(q['time']):.3f} s  {q['sql'][:160]}")
     settled = Settlement.objects.filter(trade__instrument__in=insts).count()
     if settled != n_contracts:
         sys.exit(f"settled {settled} of {n_contracts}")
