@@ -184,6 +184,19 @@ def instrument_candles(*, instrument: Instrument, interval: str, now: dt.datetim
     )
 
 
+def candle_series(*, instrument: Instrument, interval: str) -> dict[str, Any]:
+    """The price chart's data: candle starts, close/high/low as strings, volume in Mtok."""
+    candles = instrument_candles(instrument=instrument, interval=interval)
+    return {
+        "interval": interval,
+        "labels": [c.start.isoformat() for c in candles],
+        "close": [str(c.close) for c in candles],
+        "high": [str(c.high) for c in candles],
+        "low": [str(c.low) for c in candles],
+        "volume": [c.volume / TOKENS_PER_PRICE_UNIT for c in candles],
+    }
+
+
 def depth_series(*, book: selectors.BookDepth) -> dict[str, list[list[float]]]:
     """Cumulative depth per side as step-line points [[price, cumulative Mtok], ...].
 

@@ -127,7 +127,6 @@ def _live_context(request: HttpRequest, inst: Instrument) -> dict[str, Any]:
         interval = "1h"
     book = selectors.instrument_book_get(instrument=inst, depth=20)
     stats = pricing_selectors.instrument_stats(instrument=inst)
-    candles = queries.instrument_candles(instrument=inst, interval=interval)
     account = getattr(request, "account", None) or queries.account_for_user(user=request.user)
     return {
         "instrument": inst,
@@ -137,14 +136,7 @@ def _live_context(request: HttpRequest, inst: Instrument) -> dict[str, Any]:
         "interval": interval,
         "intervals": list(queries.INTERVALS),
         "depth": queries.depth_series(book=book),
-        "candles": {
-            "interval": interval,
-            "labels": [c.start.isoformat() for c in candles],
-            "close": [str(c.close) for c in candles],
-            "high": [str(c.high) for c in candles],
-            "low": [str(c.low) for c in candles],
-            "volume": [c.volume / queries.TOKENS_PER_PRICE_UNIT for c in candles],
-        },
+        "candles": queries.candle_series(instrument=inst, interval=interval),
         "my_orders": queries.orders_page(account=account, live=True, instrument=inst) if account else [],
         "my_recent": queries.orders_page(account=account, live=False, instrument=inst, limit=10) if account else [],
         "account": account,
