@@ -119,7 +119,7 @@ def main() -> None:
         ))  # fmt: skip
     Trade.objects.bulk_create(trades, batch_size=5000)
     # Hold each buyer's contract escrow in the ledger: deposit, then available -> escrow.
-    avail = ledger_account_ids([b.pk for b in buyers], LedgerAccount.Kind.AVAILABLE)
+    ledger_account_ids([b.pk for b in buyers], LedgerAccount.Kind.AVAILABLE)
     escr = ledger_account_ids([b.pk for b in buyers], LedgerAccount.Kind.ESCROW)
     ledger_account_ids([p.pk for p in providers], LedgerAccount.Kind.AVAILABLE)
     deposits = system_account(LedgerAccount.Kind.DEPOSITS).pk

@@ -20,7 +20,7 @@ from marketplace.models import Trade
 from marketplace.services import ServiceError
 
 from . import selectors, usage
-from .models import LedgerAccount, LedgerEntry, LedgerTransaction, Settlement
+from .models import LedgerEntry, LedgerTransaction, Settlement
 
 # --- contracts ------------------------------------------------------------------------------
 

@@ -29,11 +29,10 @@ from metering.ledger import ledger_accounts_ensure
 from metering.models import LedgerTransaction, Settlement, UsageEvent
 from metering.settlement import allocate, settlement_amounts, settlements_run_due
 from metering.usage import usage_ingest
-from tests import factories
+from tests import factories, workers
 from tests.conftest import api_client_for
 from tests.invariants import assert_invariants
-from tests import workers
-from tests.workers import celery_workers  # noqa: F401 (fixture)
+from tests.workers import celery_workers  # noqa: F401, F811 (fixture)
 
 from .builders import contract, event, spot_instrument
 
@@ -178,7 +177,7 @@ def test_settlement_by_several_processes_at_once_settles_each_contract_once(tran
 
 @pytest.mark.redis
 @pytest.mark.workers
-def test_settlement_tasks_on_several_celery_workers_settle_each_contract_once(celery_workers):
+def test_settlement_tasks_on_several_celery_workers_settle_each_contract_once(celery_workers):  # noqa: F811
     from metering.tasks import settle_due, settle_instrument
 
     inst, trades = _market(10, contracts_per_pair=2)

@@ -6,7 +6,16 @@ from decimal import Decimal
 
 import pytest
 
-from metering.ledger import AlreadyPosted, InsufficientFunds, Posting, UnbalancedTransaction, ledger_accounts_ensure, ledger_post, ledger_post_many, system_account
+from metering.ledger import (
+    AlreadyPosted,
+    InsufficientFunds,
+    Posting,
+    UnbalancedTransaction,
+    ledger_accounts_ensure,
+    ledger_post,
+    ledger_post_many,
+    system_account,
+)
 from metering.models import LedgerEntry, LedgerTransaction
 from metering.services import funds_deposit, funds_withdraw
 from tests import factories

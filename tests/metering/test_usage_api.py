@@ -14,7 +14,7 @@ from tests import factories
 from tests.conftest import api_client_for
 from tests.invariants import assert_invariants
 
-from .builders import D, after_grace, contract, event, spot_instrument
+from .builders import after_grace, contract, event, spot_instrument
 
 pytestmark = pytest.mark.django_db
 
