@@ -42,7 +42,7 @@ class LedgerAccountAdmin(ReadOnlyAdmin):
 
 class LedgerEntryInline(ReadOnlyInline):
     model = LedgerEntry
-    fields = ("account", "amount", "created_at")
+    fields = ("account", "amount", "balance_after", "created_at")
     readonly_fields = fields
 
     def get_queryset(self, request: HttpRequest):
@@ -61,7 +61,7 @@ class LedgerTransactionAdmin(ReadOnlyAdmin):
 
 @admin.register(LedgerEntry)
 class LedgerEntryAdmin(ReadOnlyAdmin):
-    list_display = ("id", "created_at", "transaction_link", "kind", "account", "amount")
+    list_display = ("id", "created_at", "transaction_link", "kind", "account", "amount", "balance_after")
     list_filter = ("transaction__kind", "account__kind", "account__currency", "account__is_system")
     list_select_related = ("transaction", "account__owner")
     search_fields = ("transaction__key", "account__owner__slug")

@@ -2,10 +2,11 @@
 
 Reads only. Every figure is computed by the database with GROUP BY aggregation, so producing a
 report takes a fixed number of queries however many contracts it covers:
-- the report: one grouped query, one totals query, one per-day query for the chart;
-- the reconciliation: a handful of queries (trial balance, per-transaction sums, balances
-  against entries, escrow splits, usage against settlement), each listing at most
-  `BREAK_LIMIT` breaks and counting all of them.
+- the report: one query grouped by (delivery day, group), rolled up per group, per day (the
+  chart) and in total, and one small query for the groups' labels;
+- the reconciliation: a handful of queries (entries per ledger account for the trial balance
+  and balances, per-transaction sums, escrow splits, usage against settlement per pair),
+  each listing at most `BREAK_LIMIT` breaks and counting all of them.
 
 "Day" is the delivery day of the contract's instrument (the delivery period), the natural
 period of a settlement report: a contract delivered on the 3rd and settled after midnight
@@ -16,16 +17,17 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from decimal import ROUND_HALF_EVEN, Decimal
 
 import tablib
-from django.db import connection
-from django.db.models import Count, DecimalField, F, OuterRef, Q, QuerySet, Subquery, Sum, Value
+from django.db import connection, transaction
+from django.db.models import Count, DecimalField, ExpressionWrapper, F, Q, QuerySet, Sum, Value
 from django.db.models.functions import Coalesce, Round
 
-from marketplace.models import Instrument
-from metering.models import LedgerAccount, LedgerEntry, Settlement, UsageEvent
+from marketplace.models import Account, Instrument, Region, Tier
+from metering.models import LedgerAccount, LedgerEntry, LedgerTransaction, Settlement, UsageEvent
 
 ZERO = Decimal("0.00")
 RATIO_PLACES = Decimal("0.0001")
@@ -43,26 +45,30 @@ class GroupBy:
     VALUES = tuple(c for c, _ in CHOICES)
 
 
-# group -> (id column, label column, ordering) on Settlement
-_GROUP_COLUMNS: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    GroupBy.DAY: (
-        "trade__instrument__delivery_date",
-        "trade__instrument__delivery_date",
-        ("trade__instrument__delivery_date",),
-    ),
-    GroupBy.PROVIDER: ("trade__seller_id", "trade__seller__slug", ("trade__seller__slug",)),
-    GroupBy.BUYER: ("trade__buyer_id", "trade__buyer__slug", ("trade__buyer__slug",)),
-    GroupBy.TIER: (
-        "trade__instrument__tier_id",
-        "trade__instrument__tier__code",
-        ("trade__instrument__tier__sort_order", "trade__instrument__tier__code"),
-    ),
-    GroupBy.REGION: (
-        "trade__instrument__region_id",
-        "trade__instrument__region__code",
-        ("trade__instrument__region__code",),
-    ),
+# The column a grouping aggregates by, on Settlement. Only the key is grouped on (an integer
+# or a date, so PostgreSQL can hash-aggregate); labels are read after, from the small tables.
+_GROUP_KEYS: dict[str, str] = {
+    GroupBy.DAY: "trade__instrument__delivery_date",
+    GroupBy.PROVIDER: "trade__seller_id",
+    GroupBy.BUYER: "trade__buyer_id",
+    GroupBy.TIER: "trade__instrument__tier_id",
+    GroupBy.REGION: "trade__instrument__region_id",
 }
+
+
+def _group_labels(group_by: str, keys: Iterable) -> dict:
+    """key -> (sort key, label) of a grouping's rows (one small query, none for days)."""
+    keys = list(keys)
+    if group_by == GroupBy.DAY:
+        return {k: (k, k.isoformat()) for k in keys}
+    if group_by in (GroupBy.PROVIDER, GroupBy.BUYER):
+        rows = Account.objects.filter(pk__in=keys).values_list("pk", "slug")
+        return {pk: (slug, slug) for pk, slug in rows}
+    if group_by == GroupBy.TIER:
+        rows = Tier.objects.filter(pk__in=keys).values_list("pk", "sort_order", "code")
+        return {pk: ((order, code), code) for pk, order, code in rows}
+    rows = Region.objects.filter(pk__in=keys).values_list("pk", "code")
+    return {pk: (code, code) for pk, code in rows}
 
 
 @dataclass(frozen=True)
@@ -156,9 +162,14 @@ _CENTS = DecimalField(max_digits=30, decimal_places=0)
 
 
 def cents(expr) -> Round:
-    """An amount in whole cents. SQLite keeps decimals as binary floats, so sums and
-    comparisons of amounts are made on rounded cents there; on PostgreSQL (exact NUMERIC)
-    this changes nothing."""
+    """An amount in whole cents, for exact sums and comparisons of money in SQL.
+
+    PostgreSQL's NUMERIC is exact, so this is just x 100. SQLite keeps decimals as binary
+    floats (0.1 + 0.2 != 0.3), so there each amount is rounded to whole cents before it is
+    summed or compared, and sums of whole numbers stay exact.
+    """
+    if connection.vendor == "postgresql":
+        return ExpressionWrapper(expr * 100, output_field=_CENTS)
     return Round(expr * 100, output_field=_CENTS)
 
 
@@ -167,20 +178,21 @@ def cents_sum(expr) -> Coalesce:
 
 
 def _money(value) -> Decimal:
-    """Cents (an integral number, possibly as a float-ish Decimal from SQLite) -> money."""
+    """Cents (integral; a float-ish Decimal from SQLite) -> money at 2 places."""
     return (Decimal(value or 0).quantize(Decimal(1)) / 100).quantize(Decimal("0.01"))
 
 
-_AGGREGATES = {
-    "contracts": Count("pk"),
-    "tokens_traded": Coalesce(Sum("trade__quantity"), 0),
-    "tokens_delivered": Coalesce(Sum("delivered_tokens"), 0),
-    "gross_value": cents_sum(F("value")),
-    "fees": cents_sum(F("buyer_fee") + F("seller_fee")),
-    "refunds": cents_sum(F("refund")),
-    "provider_payout": cents_sum(F("provider_payout")),
-    "overage_tokens": Coalesce(Sum("overage_tokens"), 0),
-}
+def _aggregates() -> dict:
+    return {
+        "contracts": Count("pk"),
+        "tokens_traded": Coalesce(Sum("trade__quantity"), 0),
+        "tokens_delivered": Coalesce(Sum("delivered_tokens"), 0),
+        "gross_value": cents_sum(F("value")),
+        "fees": cents_sum(F("buyer_fee") + F("seller_fee")),
+        "refunds": cents_sum(F("refund")),
+        "provider_payout": cents_sum(F("provider_payout")),
+        "overage_tokens": Coalesce(Sum("overage_tokens"), 0),
+    }
 
 
 def _row(key: str, key_id, data: dict) -> ReportRow:
@@ -207,27 +219,50 @@ def settlements_filtered(*, filters: ReportFilters) -> QuerySet[Settlement]:
     return qs
 
 
-def settlement_report_rows(*, filters: ReportFilters, group_by: str) -> list[ReportRow]:
-    """One grouped query: a row per group, ordered by the group's natural order."""
-    if group_by not in _GROUP_COLUMNS:
+def _grouped(*, filters: ReportFilters, group_by: str) -> tuple[list[ReportRow], list[ReportRow]]:
+    """Rows per group and per delivery day, from ONE grouped query by (day, group key).
+
+    The database sums the contracts of each (day, group) cell; the cells (at most days x
+    groups) are then added up per group and per day here. Sums add exactly, so this is the
+    same as grouping twice, at the cost of one scan of the contracts instead of three.
+    Then one small query reads the groups' labels.
+    """
+    if group_by not in _GROUP_KEYS:
         raise ValueError(f"group_by must be one of {', '.join(GroupBy.VALUES)}")
-    id_col, label_col, ordering = _GROUP_COLUMNS[group_by]
-    columns = dict.fromkeys([id_col, label_col, *ordering])
-    qs = settlements_filtered(filters=filters).order_by().values(*columns).annotate(**_AGGREGATES).order_by(*ordering)
+    key, day_key = _GROUP_KEYS[group_by], _GROUP_KEYS[GroupBy.DAY]
+    cells = settlements_filtered(filters=filters).order_by().values(*dict.fromkeys([day_key, key]))
+    by_key: dict = {}
+    by_day: dict = {}
+    for d in cells.annotate(**_aggregates()):
+        cell = _row("", d[key], d)
+        by_key[d[key]] = by_key[d[key]] + cell if d[key] in by_key else cell
+        by_day[d[day_key]] = by_day[d[day_key]] + cell if d[day_key] in by_day else replace(cell)
+    labels = _group_labels(group_by, by_key)
     rows = []
-    for data in qs:
-        label = data[label_col]
-        rows.append(_row(label.isoformat() if isinstance(label, dt.date) else str(label), data[id_col], data))
-    return rows
+    for k in sorted(by_key, key=lambda k: labels[k][0]):
+        row = by_key[k]
+        row.key, row.key_id = labels[k][1], k
+        rows.append(row)
+    days = []
+    for day in sorted(by_day):
+        row = by_day[day]
+        row.key, row.key_id = day.isoformat(), day
+        days.append(row)
+    return rows, days
+
+
+def settlement_report_rows(*, filters: ReportFilters, group_by: str) -> list[ReportRow]:
+    """A row per group, in the group's natural order: days ascending, accounts and regions by
+    slug/code, tiers by their sort order."""
+    return _grouped(filters=filters, group_by=group_by)[0]
 
 
 def settlement_report_get(*, filters: ReportFilters, group_by: str = GroupBy.DAY) -> SettlementReport:
-    """The report: grouped rows, a totals row and the per-day series for the chart (3 queries)."""
-    rows = settlement_report_rows(filters=filters, group_by=group_by)
-    totals = _row("Total", None, settlements_filtered(filters=filters).aggregate(**_AGGREGATES))
-    by_day = rows if group_by == GroupBy.DAY else settlement_report_rows(filters=filters, group_by=GroupBy.DAY)
-    daily = [DayPoint(day=dt.date.fromisoformat(r.key), gross_value=r.gross_value, fees=r.fees) for r in by_day]
-    return SettlementReport(group_by=group_by, filters=filters, rows=rows, totals=totals, daily=daily)
+    """The report: grouped rows, a totals row and the per-day series for the chart, from one
+    grouped query (plus one for the labels), whatever the number of contracts."""
+    rows, days = _grouped(filters=filters, group_by=group_by)
+    daily = [DayPoint(day=r.key_id, gross_value=r.gross_value, fees=r.fees) for r in days]
+    return SettlementReport(group_by=group_by, filters=filters, rows=rows, totals=report_totals(rows), daily=daily)
 
 
 def report_rows_merge(parts: Iterable[list[ReportRow]]) -> list[ReportRow]:
@@ -376,100 +411,118 @@ def _limited(qs, limit: int) -> tuple[list, int]:
     return items[:limit], qs.count()
 
 
-def trial_balance(*, currency: str | None = None) -> list[CurrencyBalance]:
-    """Per currency: the sum of all entries and of all cached balances; both must be zero."""
+@contextmanager
+def _reporting_memory():
+    """A transaction whose sorts and hashes may use more memory than a web request's default
+    (PostgreSQL work_mem, SET LOCAL: only these report queries), so grouping a million usage
+    events by pair hashes in memory instead of spilling to disk."""
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cur:
+                cur.execute("SET LOCAL work_mem = '128MB'")
+        yield
+
+
+def _ledger_checks(*, limit: int) -> tuple[list[CurrencyBalance], Breaks]:
+    """Trial balance per currency and ledger accounts whose balance is not their entries' sum.
+
+    One grouped query over the entries (by ledger account: a few rows per participant) and
+    one over the ledger accounts; the per-currency totals are added up from those rows.
+    """
     entries = dict(
         LedgerEntry.objects.order_by()
-        .values("account__currency")
+        .values("account_id")
         .annotate(s=cents_sum(F("amount")))
-        .values_list("account__currency", "s")
+        .values_list("account_id", "s")
     )
-    balances = dict(
-        LedgerAccount.objects.order_by()
-        .values("currency")
-        .annotate(s=cents_sum(F("balance")))
-        .values_list("currency", "s")
+    entries_total: dict[str, Decimal] = {}
+    balances_total: dict[str, Decimal] = {}
+    mismatches = Breaks()
+    accounts = (
+        LedgerAccount.objects.order_by("pk")
+        .annotate(balance_cents=cents(F("balance")))
+        .values_list("pk", "currency", "kind", "owner__slug", "balance", "balance_cents")
     )
-    out = []
-    for cur in sorted(set(entries) | set(balances)):
-        if currency and cur != currency:
-            continue
-        out.append(
-            CurrencyBalance(
-                currency=cur, entries_total=_money(entries.get(cur)), balances_total=_money(balances.get(cur))
-            )
-        )
-    return out
+    for pk, cur, kind, owner, balance, balance_cents in accounts:
+        in_entries = _money(entries.get(pk))
+        entries_total[cur] = entries_total.get(cur, ZERO) + in_entries
+        balances_total[cur] = balances_total.get(cur, ZERO) + _money(balance_cents)
+        if _money(balance_cents) != in_entries:
+            mismatches.count += 1
+            if len(mismatches.items) < limit:
+                mismatches.items.append(BalanceMismatch(pk, f"{owner or 'system'}:{kind}:{cur}", balance, in_entries))
+    currencies = [
+        CurrencyBalance(currency=cur, entries_total=entries_total[cur], balances_total=balances_total[cur])
+        for cur in sorted(entries_total)
+    ]
+    return currencies, mismatches
+
+
+def trial_balance() -> list[CurrencyBalance]:
+    """Per currency: the sum of all entries and of all stored balances; both must be zero."""
+    return _ledger_checks(limit=0)[0]
 
 
 def reconciliation_get(*, filters: ReportFilters | None = None, limit: int = BREAK_LIMIT) -> Reconciliation:
     """Check the books. The ledger checks are global (the ledger is not per period); the
     contract and usage checks cover the contracts the report filters select."""
     filters = filters or ReportFilters()
+    with _reporting_memory():
+        currencies, mismatches = _ledger_checks(limit=limit)
 
-    unbalanced_qs = (
-        LedgerEntry.objects.order_by()
-        .values("transaction_id", "transaction__key")
-        .annotate(total=cents_sum(F("amount")))
-        .exclude(total=0)
-        .order_by("transaction_id")
-    )
-    items, count = _limited(unbalanced_qs, limit)
-    unbalanced = Breaks(
-        [UnbalancedTransaction(r["transaction_id"], r["transaction__key"], _money(r["total"])) for r in items], count
-    )
-
-    entries_sum = (
-        LedgerEntry.objects.filter(account_id=OuterRef("pk"))
-        .order_by()
-        .values("account_id")
-        .annotate(s=cents_sum(F("amount")))
-        .values("s")
-    )
-    mismatch_qs = (
-        LedgerAccount.objects.annotate(
-            entries_total=Coalesce(Subquery(entries_sum), Value(0), output_field=_CENTS),
-            balance_cents=cents(F("balance")),
+        # Grouped by the transaction id alone (an integer); keys are read for the listed few.
+        unbalanced_qs = (
+            LedgerEntry.objects.order_by()
+            .values("transaction_id")
+            .annotate(total=cents_sum(F("amount")))
+            .exclude(total=0)
+            .order_by("transaction_id")
         )
-        .exclude(balance_cents=F("entries_total"))
-        .select_related("owner")
-        .order_by("pk")
-    )
-    items, count = _limited(mismatch_qs, limit)
-    mismatches = Breaks([BalanceMismatch(la.pk, str(la), la.balance, _money(la.entries_total)) for la in items], count)
-
-    escrow_qs = (
-        settlements_filtered(filters=filters)
-        .annotate(
-            difference=cents(
-                F("trade__buyer_escrow") - F("provider_payout") - F("buyer_fee") - F("seller_fee") - F("refund")
-            )
+        items, count = _limited(unbalanced_qs, limit)
+        keys = dict(
+            LedgerTransaction.objects.filter(pk__in=[r["transaction_id"] for r in items]).values_list("pk", "key")
         )
-        .exclude(difference=0)
-        .values("trade_id", "trade__buyer_escrow", "provider_payout", "buyer_fee", "seller_fee", "refund")
-        .order_by("trade_id")
-    )
-    items, count = _limited(escrow_qs, limit)
-    escrow = Breaks(
-        [
-            EscrowBreak(
-                trade_id=r["trade_id"],
-                escrow=r["trade__buyer_escrow"],
-                provider_payout=r["provider_payout"],
-                fees=r["buyer_fee"] + r["seller_fee"],
-                refund=r["refund"],
+        unbalanced = Breaks(
+            [
+                UnbalancedTransaction(r["transaction_id"], keys.get(r["transaction_id"], ""), _money(r["total"]))
+                for r in items
+            ],
+            count,
+        )
+
+        escrow_qs = (
+            settlements_filtered(filters=filters)
+            .annotate(
+                difference=cents(
+                    F("trade__buyer_escrow") - F("provider_payout") - F("buyer_fee") - F("seller_fee") - F("refund")
+                )
             )
-            for r in items
-        ],
-        count,
-    )
+            .exclude(difference=0)
+            .values("trade_id", "trade__buyer_escrow", "provider_payout", "buyer_fee", "seller_fee", "refund")
+            .order_by("trade_id")
+        )
+        items, count = _limited(escrow_qs, limit)
+        escrow = Breaks(
+            [
+                EscrowBreak(
+                    trade_id=r["trade_id"],
+                    escrow=r["trade__buyer_escrow"],
+                    provider_payout=r["provider_payout"],
+                    fees=r["buyer_fee"] + r["seller_fee"],
+                    refund=r["refund"],
+                )
+                for r in items
+            ],
+            count,
+        )
+        usage = usage_breaks_get(filters=filters, limit=limit)
 
     return Reconciliation(
-        currencies=trial_balance(),
+        currencies=currencies,
         unbalanced_transactions=unbalanced,
         balance_mismatches=mismatches,
         escrow_breaks=escrow,
-        usage_breaks=usage_breaks_get(filters=filters, limit=limit),
+        usage_breaks=usage,
     )
 
 
@@ -477,8 +530,9 @@ def usage_breaks_get(*, filters: ReportFilters, limit: int = BREAK_LIMIT) -> Bre
     """Buyer-provider pairs per instrument whose counted usage differs from settled + overage.
 
     Only pairs with at least one settled contract are checked (the others are not settled
-    yet). Usage and settlements are stacked with UNION ALL and grouped once, which is a
-    single pass over each table, instead of a correlated subquery per pair.
+    yet). Usage is summed per (instrument, provider, buyer) in one pass (a hash aggregate
+    PostgreSQL can run in parallel), settlements likewise, and the two are joined on the
+    pair: no correlated subquery per pair.
     """
     usage = UsageEvent.objects.filter(filters.instrument_q("instrument__"))
     settled = settlements_filtered(filters=filters)
@@ -488,46 +542,35 @@ def usage_breaks_get(*, filters: ReportFilters, limit: int = BREAK_LIMIT) -> Bre
         usage = usage.filter(buyer_id=filters.buyer_id)
     usage_sql, usage_params = (
         usage.order_by()
-        .values(c1=F("instrument_id"), c2=F("provider_id"), c3=F("buyer_id"), c4=F("billable_tokens"))
+        .values(c1=F("instrument_id"), c2=F("provider_id"), c3=F("buyer_id"))
+        .annotate(counted=Sum("billable_tokens"))
         .query.sql_with_params()
     )
     settled_sql, settled_params = (
         settled.order_by()
-        .values(
-            c1=F("trade__instrument_id"),
-            c2=F("trade__seller_id"),
-            c3=F("trade__buyer_id"),
-            c4=F("delivered_tokens"),
-            c5=F("overage_tokens"),
-        )
+        .values(c1=F("trade__instrument_id"), c2=F("trade__seller_id"), c3=F("trade__buyer_id"))
+        .annotate(delivered=Sum("delivered_tokens"), overage=Sum("overage_tokens"))
         .query.sql_with_params()
     )
+    # MATERIALIZED: each side is aggregated on its own (a hash aggregate over a sequential
+    # scan) and then hash-joined, rather than walking the usage index in pair order.
     sql = f"""
-        SELECT k.instrument_id, k.provider_id, k.buyer_id,
-               SUM(k.counted), SUM(k.delivered), SUM(k.overage), COUNT(*) OVER ()
-        FROM (
-            SELECT u.c1 AS instrument_id, u.c2 AS provider_id, u.c3 AS buyer_id,
-                   u.c4 AS counted, 0 AS delivered, 0 AS overage, 0 AS contracts
-            FROM ({usage_sql}) AS u
-            UNION ALL
-            SELECT s.c1, s.c2, s.c3, 0, s.c4, s.c5, 1
-            FROM ({settled_sql}) AS s
-        ) AS k
-        GROUP BY k.instrument_id, k.provider_id, k.buyer_id
-        HAVING SUM(k.contracts) > 0 AND SUM(k.counted) <> SUM(k.delivered) + SUM(k.overage)
-        ORDER BY k.instrument_id, k.provider_id, k.buyer_id
+        WITH s AS MATERIALIZED ({settled_sql}), u AS MATERIALIZED ({usage_sql})
+        SELECT s.c1, s.c2, s.c3, COALESCE(u.counted, 0), s.delivered, s.overage, COUNT(*) OVER ()
+        FROM s
+        LEFT JOIN u ON u.c1 = s.c1 AND u.c2 = s.c2 AND u.c3 = s.c3
+        WHERE COALESCE(u.counted, 0) <> s.delivered + s.overage
+        ORDER BY s.c1, s.c2, s.c3
         LIMIT {int(limit)}
     """
     with connection.cursor() as cur:
-        cur.execute(sql, [*usage_params, *settled_params])
+        cur.execute(sql, [*settled_params, *usage_params])
         raw = cur.fetchall()
     if not raw:
         return Breaks()
     instruments = {
         i.pk: i.symbol for i in Instrument.objects.select_related("tier", "region").filter(pk__in={r[0] for r in raw})
     }
-    from marketplace.models import Account
-
     slugs = dict(Account.objects.filter(pk__in={r[1] for r in raw} | {r[2] for r in raw}).values_list("pk", "slug"))
     items = [
         UsageBreak(

@@ -44,6 +44,14 @@ def test_changelist_and_change_page_render_for_staff(staff_client, market, model
         assert page.status_code == 200, model
 
 
+def test_admin_home_links_the_report(staff_client):
+    resp = staff_client.get(reverse("admin:index"))
+    assert resp.status_code == 200
+    assert reverse("admin:metering_settlement_report") in resp.content.decode()
+    settlements = staff_client.get(reverse("admin:metering_settlement_changelist"))
+    assert reverse("admin:metering_settlement_report") in settlements.content.decode()
+
+
 def test_search_and_filters_work(staff_client, market):
     we = market
     cases = [
