@@ -107,7 +107,9 @@ def test_unbalanced_ledger_is_flagged(staff_client, worked_example):
     # switches that trigger off inside its own transaction, which is rolled back.
     if connection.vendor == "postgresql":
         with connection.cursor() as cur:
+            cur.execute("SET CONSTRAINTS ALL IMMEDIATE")  # fire the (balanced) checks already queued
             cur.execute("ALTER TABLE metering_ledgerentry DISABLE TRIGGER ledger_entry_balanced")
+            cur.execute("SET CONSTRAINTS ALL DEFERRED")
     txn = LedgerTransaction.objects.create(key="broken:1", kind=LedgerTransaction.Kind.DEPOSIT)
     fees = LedgerAccount.objects.get(owner=None, kind="fees")
     LedgerEntry.objects.create(transaction=txn, account=fees, amount=Decimal("0.30"))
