@@ -64,6 +64,13 @@ class RequestLimitsMiddleware:
             )
             _security_headers(request, response)
             return response
+        if "\x00" in request.path or any(
+            "\x00" in key or any("\x00" in value for value in values) for key, values in request.GET.lists()
+        ):
+            # PostgreSQL cannot store or compare a NUL character: refuse it before any query.
+            response = JsonResponse(error_body("bad_request", "The URL contains a NUL character."), status=400)
+            _security_headers(request, response)
+            return response
         if limit is not None and length > limit:
             response = JsonResponse(
                 error_body(

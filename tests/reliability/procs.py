@@ -178,12 +178,19 @@ class WebServer:
         self._tmp.cleanup()
 
 
-def broker_idle(url: str | None = None) -> bool:
-    """No message queued or delivered-but-unacknowledged on the Redis broker (kombu's keys)."""
+def broker_unacked(url: str | None = None) -> int:
+    import redis
+
+    return redis.Redis.from_url(url or settings.REDIS_URL, socket_timeout=5).hlen("unacked")
+
+
+def broker_idle(url: str | None = None, *, unacked_baseline: int = 0) -> bool:
+    """No message queued, and no more delivered-but-unacknowledged ones than `unacked_baseline`
+    (a SIGKILLed worker's message stays unacknowledged until the visibility timeout)."""
     import redis
 
     client = redis.Redis.from_url(url or settings.REDIS_URL, socket_timeout=5)
-    return client.llen("celery") == 0 and client.hlen("unacked") == 0
+    return client.llen("celery") == 0 and client.hlen("unacked") <= unacked_baseline
 
 
 def run_manage_python(code: str, *, env: dict[str, str] | None = None, timeout: float = 120) -> str:

@@ -37,6 +37,7 @@ from tests.reliability.procs import (
     backend_alive,
     backends_waiting_on_locks,
     broker_idle,
+    broker_unacked,
     row_locks,
     run_manage_python,
     terminate_backend,
@@ -382,8 +383,9 @@ def test_duplicate_deliveries_to_real_workers_match_exactly_once(market, celery_
     wait_matched_without_kicks(timeout=90, workers=workers)
     state = _state(inst)
     # Stale duplicates arriving after the work is done change nothing either.
+    baseline = broker_unacked()
     for _ in range(3):
         match_instrument.delay(inst.pk)
-    wait_for(broker_idle, timeout=60, what="the stale deliveries to be consumed")
+    wait_for(lambda: broker_idle(unacked_baseline=baseline), timeout=120, what="the stale deliveries to be consumed")
     assert _state(inst) == state
     assert_exactly_once(inst)

@@ -307,3 +307,10 @@ def test_a_bad_usage_event_is_refused_and_records_nothing(trader, usage):
     else:
         assert_refused(r, 400)
     assert state() == before
+
+
+@pytest.mark.parametrize(
+    "url", ["/api/v1/floors?hardware=a%00b", "/api/v1/orders?%00=1", "/api/v1/instruments/a%00b/book"]
+)
+def test_a_nul_character_in_the_url_is_refused(trader, url):
+    assert_refused(trader["client"].get(url), 400)
