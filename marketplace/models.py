@@ -125,14 +125,14 @@ class Instrument(models.Model):
     def __str__(self) -> str:
         return self.symbol
 
-    @property
-    def symbol(self) -> str:
-        return f"{self.tier.code}:{self.region.code}:{self.delivery_date.isoformat()}"
-
     def get_absolute_url(self) -> str:
         from django.urls import reverse
 
         return reverse("web:instrument", kwargs={"symbol": self.symbol})
+
+    @property
+    def symbol(self) -> str:
+        return f"{self.tier.code}:{self.region.code}:{self.delivery_date.isoformat()}"
 
     @staticmethod
     def period_for(day: dt.date) -> tuple[dt.datetime, dt.datetime]:

@@ -352,8 +352,8 @@ def order_place(
     if client_order_id is not None:
         client_order_id = client_order_id.strip() or None
 
-    from pricing.services import max_fee_bps
     from pricing.floor import order_below_floor
+    from pricing.services import max_fee_bps
 
     below_floor = False
     if side == Side.SELL:

@@ -29,7 +29,9 @@ from tests.invariants import assert_invariants
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
-SCREENSHOT = Path(settings.BASE_DIR) / "docs" / "screenshots" / "instrument.png"
+# Written on every run under test-artifacts/ (not tracked); docs/screenshots/instrument.png is a
+# copy of one run, shown in the README.
+SCREENSHOT = Path(settings.BASE_DIR) / "test-artifacts" / "instrument.png"
 PASSWORD = "browser-test-pass-2026"
 WAIT_MS = 20_000  # upper bound for a live update to appear (polling is every 2 s)
 
