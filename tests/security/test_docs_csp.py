@@ -43,3 +43,12 @@ def test_unknown_api_paths_answer_json_in_every_setting(client, settings, debug,
     assert response["Content-Type"] == "application/json"
     assert response.json()["error"]["code"] == "not_found"
     assert path in response.json()["error"]["message"]
+
+
+def test_schema_marks_public_operations_open_and_private_ones_keyed(client):
+    schema = client.get("/api/schema/?format=json").json()
+    paths = schema["paths"]
+    for path in ("/api/v1/tiers", "/api/v1/instruments", "/api/v1/instruments/{symbol}/book"):
+        assert "security" not in paths[path]["get"], path
+    assert paths["/api/v1/orders"]["post"]["security"] == [{"apiKey": []}]
+    assert paths["/api/v1/balances"]["get"]["security"] == [{"apiKey": []}]
