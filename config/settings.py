@@ -300,6 +300,12 @@ except ValueError:
     raise ImproperlyConfigured(f"AUCTION_GATE_CLOSURE_UTC={AUCTION_GATE_CLOSURE_UTC!r} is not HH:MM") from None
 SETTLEMENT_GRACE_HOURS = env_int("SETTLEMENT_GRACE_HOURS", 6, minimum=0)
 USAGE_BATCH_MAX = env_int("USAGE_BATCH_MAX", 1000, minimum=1)
+# Sandbox funding (embedded demo): users may credit themselves labelled test funds. `make run`
+# turns it on; production refuses to start with it.
+SANDBOX_FUNDING = env_bool("SANDBOX_FUNDING", False)
+SANDBOX_CREDIT_MAX = env_decimal("SANDBOX_CREDIT_MAX", "100000.00")
+if PRODUCTION and SANDBOX_FUNDING:
+    raise ImproperlyConfigured("SANDBOX_FUNDING must be off in production: it lets users credit themselves")
 
 LOGGING = {
     "version": 1,
