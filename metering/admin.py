@@ -21,8 +21,7 @@ from marketplace.admin import ReadOnlyAdmin, ReadOnlyInline, admin_link
 from marketplace.models import Account, Instrument, Region, Tier
 from marketplace.services import ServiceError, instrument_get
 
-from . import reports
-from . import funding
+from . import funding, reports
 from .models import FundingRequest, LedgerAccount, LedgerEntry, LedgerTransaction, Settlement, UsageEvent
 
 
