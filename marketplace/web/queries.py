@@ -457,3 +457,48 @@ def provider_floor_table(*, tier_code: str) -> list[dict[str, Any]]:
     for r in rows:
         by_hw[r.hardware][r.region] = r.floor
     return [{"hardware": hw, "floors": [floors.get(code) for code in regions]} for hw, floors in sorted(by_hw.items())]
+
+
+@dataclass
+class AuctionPanel:
+    """What a trader needs to see on a book in its day-ahead call auction."""
+
+    status: str  # collecting | cleared
+    gate_closure_at: dt.datetime
+    price: Decimal | None  # indicative while collecting, the clearing price once cleared
+    volume: int
+    demand: int
+    supply: int
+    imbalance: int
+    collected_orders: int
+    cleared_at: dt.datetime | None = None
+    # The viewer's own auction orders: (order, tokens it would trade at the indicative price).
+    mine: list[tuple[Order, int]] = field(default_factory=list)
+
+    @property
+    def collecting(self) -> bool:
+        return self.status == "collecting"
+
+
+def auction_panel(*, instrument: Instrument, account: Account | None) -> AuctionPanel | None:
+    """The instrument's call auction as the instrument page shows it, or None without one."""
+    try:
+        view = pricing_selectors.instrument_auction_get(instrument=instrument, allocate=account is not None)
+    except ServiceError:
+        return None
+    a = view.auction
+    if a.status != "collecting":
+        return AuctionPanel(
+            status=a.status, gate_closure_at=a.gate_closure_at, price=a.clearing_price, volume=a.volume,
+            demand=a.demand, supply=a.supply, imbalance=a.imbalance, collected_orders=a.orders_count,
+            cleared_at=a.cleared_at,
+        )
+    c = view.indicative
+    panel = AuctionPanel(
+        status=a.status, gate_closure_at=a.gate_closure_at, price=c.price, volume=c.volume, demand=c.demand,
+        supply=c.supply, imbalance=c.imbalance, collected_orders=view.collected_orders,
+    )
+    if account is not None:
+        own = Order.objects.filter(instrument=instrument, account=account, status__in=LIVE_STATUSES).order_by("id")
+        panel.mine = [(o, c.filled.get(o.pk, 0)) for o in own]
+    return panel

@@ -15,6 +15,19 @@
   }, true);
   // htmx-driven forms confirm through hx-confirm; nothing else needed here.
 
+  // Countdowns (auction gate closure): "1h 02m 05s", refreshed every second from the server's time.
+  function tick() {
+    document.querySelectorAll("[data-countdown-to]").forEach(function (el) {
+      var left = Math.floor((Date.parse(el.getAttribute("data-countdown-to")) - Date.now()) / 1000);
+      if (isNaN(left)) return;
+      if (left <= 0) { el.textContent = "gate closed, clearing"; return; }
+      var h = Math.floor(left / 3600), m = Math.floor((left % 3600) / 60), s = left % 60;
+      el.textContent = (h ? h + "h " : "") + (h || m ? String(m).padStart(2, "0") + "m " : "") + String(s).padStart(2, "0") + "s";
+    });
+  }
+  setInterval(tick, 1000);
+  document.addEventListener("DOMContentLoaded", tick);
+
   // Order form: show the hardware field for sells and the allowed-hardware set for buys.
   function syncSide(root) {
     var form = (root || document).querySelector("#order-form");
