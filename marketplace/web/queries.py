@@ -314,6 +314,38 @@ def contracts_for_account(*, account: Account, limit: int = 500) -> list[Contrac
     ]
 
 
+def provider_contracts(*, account: Account, limit: int = 50) -> list[ContractRow]:
+    """The provider's sold contracts, newest first, with what its usage reports delivered."""
+    trades = list(
+        metering_selectors.contracts_for_account(account=account, role="provider").order_by("-id")[:limit]
+    )
+    delivered = metering_selectors.contracts_delivered(trades=trades)
+    return [
+        ContractRow(
+            trade=t, role="provider", delivered=delivered.get(t.pk, 0), settlement=_settlement(t),
+            status=metering_selectors.contract_status(trade=t),
+        )
+        for t in trades
+    ]
+
+
+def usage_example(*, rows: list[ContractRow], now: dt.datetime | None = None) -> dict[str, Any] | None:
+    """A usage report a provider can paste: its newest unsettled contract, a time inside it."""
+    now = now or timezone.now()
+    unsettled = [r for r in rows if r.settlement is None]
+    row = next((r for r in unsettled if r.status == "delivering"), None) or next(iter(unsettled), None)
+    if row is None:
+        return None
+    t = row.trade
+    start = max(t.instrument.delivery_start, t.executed_at)
+    when = min(max(now, start), t.instrument.delivery_end - dt.timedelta(seconds=1))
+    # Usage can only be reported once delivery has begun (timestamps are never in the future).
+    return {
+        "contract": t.pk, "buyer": t.buyer.slug, "timestamp": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "from": None if start <= now else start,
+    }
+
+
 def _settlement(trade: Trade) -> Settlement | None:
     try:
         return trade.settlement

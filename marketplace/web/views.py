@@ -379,10 +379,14 @@ def provider(request: HttpRequest) -> HttpResponse:
     account = request.account
     listings = list(selectors.orders_for_account(account=account).filter(side=Side.SELL).order_by("-id")[:200])
     tier = request.GET.get("tier") or "standard"
+    contracts = queries.provider_contracts(account=account)
     return _page(
         request,
         "web/provider.html",
         {
+            "contracts": contracts,
+            "usage_example": queries.usage_example(rows=contracts),
+            "base_url": request.build_absolute_uri("/").rstrip("/"),
             "listings": listings,
             "capacity": queries.provider_capacity(account=account),
             "revenue": queries.provider_revenue_by_day(account=account),

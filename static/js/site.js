@@ -15,6 +15,14 @@
   }, true);
   // htmx-driven forms confirm through hx-confirm; nothing else needed here.
 
+  // Copy buttons: data-copy names the element whose text goes to the clipboard.
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest && event.target.closest("[data-copy]");
+    if (!button || !navigator.clipboard) return;
+    var source = document.querySelector(button.getAttribute("data-copy"));
+    if (source) navigator.clipboard.writeText(source.textContent).then(function () { button.textContent = "Copied"; });
+  });
+
   // Countdowns (auction gate closure): "1h 02m 05s", refreshed every second from the server's time.
   function tick() {
     document.querySelectorAll("[data-countdown-to]").forEach(function (el) {
