@@ -185,11 +185,12 @@ def instrument_candles(*, instrument: Instrument, interval: str, now: dt.datetim
 
 
 def candle_series(*, instrument: Instrument, interval: str) -> dict[str, Any]:
-    """The price chart's data: candle starts, close/high/low as strings, volume in Mtok."""
+    """The price chart's data: candle starts, open/high/low/close as strings, volume in Mtok."""
     candles = instrument_candles(instrument=instrument, interval=interval)
     return {
         "interval": interval,
         "labels": [c.start.isoformat() for c in candles],
+        "open": [str(c.open) for c in candles],
         "close": [str(c.close) for c in candles],
         "high": [str(c.high) for c in candles],
         "low": [str(c.low) for c in candles],
