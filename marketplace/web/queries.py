@@ -30,7 +30,9 @@ from marketplace.models import (
     Instrument,
     Order,
     OrderStatus,
+    Region,
     Side,
+    Tier,
     Trade,
 )
 from marketplace.services import ServiceError
@@ -126,6 +128,81 @@ def market_overview(
             )
         )
     return rows
+
+
+@dataclass
+class BoardCell:
+    row: MarketRow
+    spark: str  # SVG polyline points of hourly closes over 24 h ("" without trades)
+
+
+@dataclass
+class MarketBoard:
+    day: dt.date
+    tiers: list[str]
+    regions: list[str]
+    cells: dict[tuple[str, str], BoardCell]
+    curve: dict[str, Any]  # Chart.js series: labels = delivery days, one line per tier
+
+    def grid(self) -> list[tuple[str, list[BoardCell | None]]]:
+        return [(t, [self.cells.get((t, r)) for r in self.regions]) for t in self.tiers]
+
+
+def sparkline_points(prices: list[Decimal], width: int = 90, height: int = 24) -> str:
+    if len(prices) < 2:
+        return ""
+    low, high = min(prices), max(prices)
+    span = (high - low) or Decimal(1)
+    step = Decimal(width) / (len(prices) - 1)
+    return " ".join(
+        f"{float(i * step):.1f},{float(height - (p - low) / span * height):.1f}" for i, p in enumerate(prices)
+    )
+
+
+def market_board(*, now: dt.datetime | None = None) -> MarketBoard:
+    """The markets page's board: every tier x region for today's (spot) delivery with a 24 h
+    sparkline, and the forward curve (mean last price over regions per tier and delivery day)."""
+    now = now or timezone.now()
+    today = now.astimezone(dt.UTC).date()
+    rows = market_overview(now=now)
+    spot = [r for r in rows if r.instrument.delivery_date == today]
+    closes: dict[int, dict[int, Decimal]] = defaultdict(dict)
+    since = now - dt.timedelta(hours=24)
+    for inst_id, at, price in (
+        Trade.objects.filter(instrument_id__in=[r.instrument.pk for r in spot], executed_at__gte=since)
+        .order_by("instrument_id", "match_sequence")
+        .values_list("instrument_id", "executed_at", "price")
+    ):
+        closes[inst_id][int((at - since).total_seconds() // 3600)] = price
+    cells = {}
+    for r in spot:
+        hourly = [closes[r.instrument.pk][h] for h in sorted(closes[r.instrument.pk])]
+        cells[(r.instrument.tier.code, r.instrument.region.code)] = BoardCell(row=r, spark=sparkline_points(hourly))
+    days = sorted({r.instrument.delivery_date for r in rows})
+    tiers = [t.code for t in Tier.objects.order_by("id")]
+    by: dict[tuple[str, dt.date], list[Decimal]] = defaultdict(list)
+    for r in rows:
+        price = r.last if r.last is not None else (
+            (r.best_bid + r.best_ask) / 2 if r.best_bid is not None and r.best_ask is not None else None
+        )
+        if price is not None:
+            by[(r.instrument.tier.code, r.instrument.delivery_date)].append(price)
+    curve = {
+        "labels": [d.isoformat() for d in days],
+        "datasets": [
+            {
+                "label": t,
+                "data": [
+                    str((sum(by[(t, d)]) / len(by[(t, d)])).quantize(Decimal("0.01"))) if by[(t, d)] else None
+                    for d in days
+                ],
+            }
+            for t in tiers
+        ],
+    }
+    return MarketBoard(
+        day=today, tiers=tiers, regions=[rg.code for rg in Region.objects.order_by("id")], cells=cells, curve=curve
+    )
 
 
 @dataclass

@@ -116,6 +116,7 @@ def markets(request: HttpRequest) -> HttpResponse:
     if _partial(request):
         return _page(request, "web/partials/market_rows.html", context)
     context["index"] = queries.price_index()
+    context["board"] = queries.market_board()
     return _page(request, "web/markets.html", context)
 
 

@@ -152,7 +152,8 @@
       var kind = canvas.getAttribute("data-kind") || "bar";
       var colors = ["#1f6feb", "#137a3f", "#b42318", "#8a4b00"];
       var sets = (data.datasets || []).map(function (ds, i) {
-        return { label: ds.label, data: ds.data.map(Number), borderColor: colors[i % 4], backgroundColor: kind === "bar" ? colors[i % 4] : "transparent", pointRadius: kind === "line" ? 1 : 0, tension: 0 };
+        var values = ds.data.map(function (v) { return v === null ? null : Number(v); });  // null: a gap
+        return { label: ds.label, data: values, spanGaps: true, borderColor: colors[i % 4], backgroundColor: kind === "bar" ? colors[i % 4] : "transparent", pointRadius: kind === "line" ? 2 : 0, tension: 0 };
       });
       var small = canvas.hasAttribute("data-small");
       upsert(canvas.id, canvas.id, {
