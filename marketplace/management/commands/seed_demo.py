@@ -3,6 +3,7 @@
 import datetime as dt
 from decimal import Decimal
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
@@ -44,28 +45,33 @@ class Command(BaseCommand):
                 funds_deposit(account=acct, amount=funds, reason="demo opening deposit")
             self._place_orders()
         buyer = Account.objects.get(slug="agentic-labs")
-        ApiKey.objects.filter(account=buyer, name="demo").update(revoked_at=timezone.now())
-        _, raw = services.api_key_create(account=buyer, scopes=["read", "trade"], name="demo")
         provider = Account.objects.get(slug="xiling-compute")
-        ApiKey.objects.filter(account=provider, name="demo").update(revoked_at=timezone.now())
-        _, raw_provider = services.api_key_create(account=provider, scopes=["read", "trade", "meter"], name="demo")
+        # Keep the demo keys across restarts: a bot that saved one keeps working. The key file
+        # is the only place the raw keys exist; reuse them while they still authenticate.
+        saved = _saved_keys(key_file)
+        raw = _demo_key(buyer, ["read", "trade", "funding"], saved.get("buyer"))
+        raw_provider = _demo_key(provider, ["read", "trade", "meter", "funding"], saved.get("provider"))
         if key_file:
             with open(key_file, "w") as fh:
                 fh.write(f"buyer (agentic-labs): {raw}\nprovider (xiling-compute): {raw_provider}\n")
         self.stdout.write(self.style.SUCCESS("demo market " + ("seeded" if created else "already present")))
         self.stdout.write(f"  web logins (password {DEMO_PASSWORD}): admin (staff), agentic-labs, lotus-apps, xiling-compute, ...")
-        self.stdout.write(f"  demo buyer API key (read, trade): {raw}")
-        self.stdout.write(f"  demo provider API key (read, trade, meter): {raw_provider}")
+        self.stdout.write(f"  demo buyer API key (read, trade, funding): {raw}")
+        self.stdout.write(f"  demo provider API key (read, trade, meter, funding): {raw_provider}")
+        if key_file:
+            self.stdout.write(f"  (kept in {key_file}: the same keys work after a restart until you delete that file)")
 
     def _place_orders(self) -> None:
         tomorrow = timezone.now().date() + dt.timedelta(days=1)
         today = timezone.now().date()
         providers = {a.slug: a for a in Account.objects.filter(is_provider=True)}
         buyers = list(Account.objects.filter(is_buyer=True).order_by("name"))
+        anchor = _regional_reference()
         for name, regions, hardware in PROVIDERS:
             acct = providers[_username(name)]
             for region in regions:
-                for tier, ref in REFERENCE_PRICE.items():
+                for tier in REFERENCE_PRICE:
+                    ref = anchor[(tier, region)]
                     for day in (today, tomorrow):
                         inst = Instrument.objects.get(tier__code=tier, region__code=region, delivery_date=day)
                         for i, hw in enumerate(hardware):
@@ -76,6 +82,45 @@ class Command(BaseCommand):
                             price = ref - inst.tick_size * (4 + 3 * j)
                             services.order_place(account=buyer, instrument=inst, side="buy", quantity=inst.lot_size * (40 + 20 * j),
                                                  price=price, allowed_hardware=[] if j == 0 else hardware[:1])
+
+
+def _regional_reference() -> dict[tuple[str, str], Decimal]:
+    """Each tier's reference price per region, moved by the region's electricity price: about
+    70% of a token's cost is energy, so cn-west (0.30 CNY/kWh) sells cheaper than the US or EU.
+    price = reference x (0.3 + 0.7 x electricity / mean electricity), to the tick."""
+    from marketplace.models import Region
+
+    prices = {r.code: r.electricity_price_per_kwh for r in Region.objects.all()}
+    mean = sum(prices.values()) / len(prices)
+    share = settings.ENERGY_SHARE_OF_COST
+    return {
+        (tier, region): (ref * ((1 - share) + share * kwh / mean)).quantize(Decimal("0.01"))
+        for tier, ref in REFERENCE_PRICE.items()
+        for region, kwh in prices.items()
+    }
+
+
+def _saved_keys(key_file: str) -> dict[str, str]:
+    """{"buyer": raw, "provider": raw} from a key file written by an earlier run, if any."""
+    out: dict[str, str] = {}
+    try:
+        with open(key_file) as fh:
+            for line in fh:
+                role, _, raw = line.partition(":")
+                if raw.strip():
+                    out[role.split(" ")[0]] = raw.strip()
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+def _demo_key(account: Account, scopes: list[str], saved: str | None) -> str:
+    key = services.api_key_authenticate(raw=saved) if saved else None
+    if key is not None and key.account_id == account.pk and key.name == "demo" and sorted(key.scopes) == sorted(scopes):
+        return saved
+    ApiKey.objects.filter(account=account, name="demo", revoked_at__isnull=True).update(revoked_at=timezone.now())
+    _, raw = services.api_key_create(account=account, scopes=scopes, name="demo")
+    return raw
 
 
 def _username(name: str) -> str:
