@@ -330,6 +330,18 @@ def order_reserve(*, instrument: Instrument, price: Decimal, quantity: int) -> D
     return per_lot * (quantity // instrument.lot_size)
 
 
+@dataclass
+class UnusedCharge:
+    share: Decimal  # the tier's share of unused capacity the buyer still pays
+    amount: Decimal  # what the contract value alone costs if nothing is delivered (fees aside)
+
+
+def unused_capacity_charge(*, instrument: Instrument, price: Decimal, quantity: int) -> UnusedCharge:
+    """What a buyer pays if none of the capacity is used: the tier's settlement policy."""
+    share = instrument.tier.unused_capacity_share
+    return UnusedCharge(share=share, amount=money.round_charge(money.notional(quantity, price) * share))
+
+
 def floors_for_instrument(*, instrument: Instrument) -> list[tuple[Hardware, Decimal | None]]:
     """Energy floor per hardware for this book's tier and region (pricing's figures)."""
     floors = pricing_selectors.instrument_floors(instrument=instrument)

@@ -194,6 +194,10 @@ def order_preview(request: HttpRequest, symbol: str) -> HttpResponse:
         )
     if side == Side.BUY and quantity and price and quantity % inst.lot_size == 0:
         preview["reserve"] = queries.order_reserve(instrument=inst, price=price, quantity=quantity)
+        preview["unused"] = queries.unused_capacity_charge(instrument=inst, price=price, quantity=quantity)
+    if side == Side.SELL and getattr(preview.get("quote"), "notional", None):
+        q = preview["quote"]  # the quote's own taker fee: what a sell filling now would pay
+        preview["proceeds"] = {"notional": q.notional, "fee": q.taker_fee, "net": q.notional - q.taker_fee}
     if side == Side.SELL and hardware:
         suggestion = queries.suggested_price_get(instrument=inst, hardware=hardware)
         preview["suggestion"] = suggestion
