@@ -35,3 +35,9 @@ class IdCursorPagination(CursorPagination):
                 param["schema"] = {**param.get("schema", {}), "type": "integer", "minimum": 1}
                 param["description"] = f"Results per page (1-{self.max_page_size}; larger values are capped)."
         return params
+
+
+class DeliveryCursorPagination(IdCursorPagination):
+    """Instruments in delivery order, the nearest day first (as the markets page lists them)."""
+
+    ordering = ("delivery_date", "id")

@@ -15,6 +15,7 @@ from marketplace.models import Hardware, Instrument, Order, Region, Tier, Trade
 from .auth import ReadScope, TradeScope, request_account
 from .fields import price_str
 from .idempotency import idempotent
+from .pagination import DeliveryCursorPagination
 from .serializers import (
     HardwareSerializer,
     InstrumentSerializer,
@@ -65,6 +66,7 @@ class InstrumentFilter(django_filters.FilterSet):
 class InstrumentList(PublicMixin, generics.ListAPIView):
     serializer_class = InstrumentSerializer
     filterset_class = InstrumentFilter
+    pagination_class = DeliveryCursorPagination
 
     def get_queryset(self):
         return selectors.instrument_list()
