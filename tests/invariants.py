@@ -97,7 +97,11 @@ def trade_fee_bps(*, aggressor: str) -> tuple[int, int]:
 
 def billable_tokens(*, prompt: int, cached: int, completion: int, tier: Tier) -> int:
     """Non-cached input + weighted cached input + weighted output, half-even to a whole token."""
-    exact = Decimal(prompt - cached) + Decimal(cached) * tier.cached_input_weight + Decimal(completion) * tier.output_token_weight
+    exact = (
+        Decimal(prompt - cached)
+        + Decimal(cached) * tier.cached_input_weight
+        + Decimal(completion) * tier.output_token_weight
+    )
     return int(exact.to_integral_value(rounding=ROUND_HALF_EVEN))
 
 
@@ -133,14 +137,18 @@ def _check_ledger() -> dict[int, Decimal]:
     per_txn: dict[int, Decimal] = defaultdict(Decimal)
     running: dict[int, Decimal] = defaultdict(Decimal)
     accounts = {la.pk: la for la in LedgerAccount.objects.all()}
-    for pk, txn_id, account_id, amount, after in LedgerEntry.objects.order_by("id").values_list(
-        "id", "transaction_id", "account_id", "amount", "balance_after"
-    ).iterator():
+    for pk, txn_id, account_id, amount, after in (
+        LedgerEntry.objects.order_by("id")
+        .values_list("id", "transaction_id", "account_id", "amount", "balance_after")
+        .iterator()
+    ):
         per_txn[txn_id] += amount
         running[account_id] += amount
         la = accounts[account_id]
         if after is None or after != running[account_id]:
-            _fail(f"entry {pk} on {la}: balance_after {after} but the running sum of its entries is {running[account_id]}")
+            _fail(
+                f"entry {pk} on {la}: balance_after {after} but the running sum of its entries is {running[account_id]}"
+            )
         if not la.is_system and running[account_id] < 0:
             _fail(f"{la} is negative ({running[account_id]}) after entry {pk}")
     for txn_id, total in per_txn.items():
@@ -211,21 +219,30 @@ def _check_books(orders: dict[int, Order]) -> None:
         for b in buys:
             for code, ask in asks[instrument_id].items():
                 if ask <= b.price and (not b.allowed_hardware or code in b.allowed_hardware):
-                    _fail(f"idle book of instrument {instrument_id} is crossed: buy {b.pk} at {b.price} >= ask {ask} on {code}")
+                    _fail(
+                        f"idle book of instrument {instrument_id} is crossed: buy {b.pk} at {b.price} >= ask {ask} on {code}"
+                    )
 
 
-def _check_escrow(orders: dict[int, Order], trades: list[Trade], settled: set[int], balances: dict[int, Decimal]) -> None:
+def _check_escrow(
+    orders: dict[int, Order], trades: list[Trade], settled: set[int], balances: dict[int, Decimal]
+) -> None:
     max_fee = max(settings.MAKER_FEE_BPS, settings.TAKER_FEE_BPS)
     expected: dict[int, Decimal] = defaultdict(Decimal)
     for o in orders.values():
         if o.side == "buy" and o.status in LIVE:
             expected[o.account_id] += order_reservation(
-                remaining=o.quantity - o.filled_quantity, lot_size=o.instrument.lot_size, price=o.price, max_fee_bps=max_fee
+                remaining=o.quantity - o.filled_quantity,
+                lot_size=o.instrument.lot_size,
+                price=o.price,
+                max_fee_bps=max_fee,
             )
     for t in trades:
         if t.pk in settled:
             continue
-        escrow = contract_escrow(quantity=t.quantity, price=t.price, fee_bps=trade_fee_bps(aggressor=t.aggressor_side)[0])
+        escrow = contract_escrow(
+            quantity=t.quantity, price=t.price, fee_bps=trade_fee_bps(aggressor=t.aggressor_side)[0]
+        )
         if t.buyer_escrow != escrow:
             _fail(f"trade {t.pk} says it holds {t.buyer_escrow} in escrow, the contract rule says {escrow}")
         expected[orders[t.buy_order_id].account_id] += escrow
@@ -234,7 +251,9 @@ def _check_escrow(orders: dict[int, Order], trades: list[Trade], settled: set[in
         actual[la.owner_id] = balances.get(la.pk, ZERO)
     for owner in set(expected) | set(actual):
         if actual.get(owner, ZERO) != expected.get(owner, ZERO):
-            _fail(f"escrow of account {owner} is {actual.get(owner, ZERO)}, open commitments are {expected.get(owner, ZERO)}")
+            _fail(
+                f"escrow of account {owner} is {actual.get(owner, ZERO)}, open commitments are {expected.get(owner, ZERO)}"
+            )
 
 
 def _check_usage_and_settlements(orders: dict[int, Order], trades: list[Trade]) -> None:
@@ -289,7 +308,9 @@ def _check_usage_and_settlements(orders: dict[int, Order], trades: list[Trade]) 
                     f"{t.quantity - delivered}/{overage}"
                 )
             counted += s.delivered_tokens + s.overage_tokens
-            _check_settlement_money(t, s, tiers[instrument_id], buyer, provider, ledger_of, fees_ids, legs_of[s.transaction_id])
+            _check_settlement_money(
+                t, s, tiers[instrument_id], buyer, provider, ledger_of, fees_ids, legs_of[s.transaction_id]
+            )
         if counted > usage.get(pair, 0) or (len(done) == len(contracts) and counted != usage.get(pair, 0)):
             _fail(f"pair {pair}: settlements count {counted} tokens, its usage events {usage.get(pair, 0)}")
 
@@ -325,5 +346,7 @@ def _check_settlement_money(
     expected_fees = buyer_fee + seller_fee
     rest = {a: amt for a, amt in legs.items() if a not in fees_ids}
     if {a: amt for a, amt in expected.items() if amt != 0} != rest or sum(fee_legs.values(), ZERO) != expected_fees:
-        _fail(f"settlement of trade {t.pk}: its ledger legs {legs} are not escrow -{escrow}, refund {refund}, "
-              f"payout {value - seller_fee}, fees {expected_fees}")
+        _fail(
+            f"settlement of trade {t.pk}: its ledger legs {legs} are not escrow -{escrow}, refund {refund}, "
+            f"payout {value - seller_fee}, fees {expected_fees}"
+        )

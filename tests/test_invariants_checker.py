@@ -112,7 +112,9 @@ def append_entries(key: str, legs: list[tuple[int, Decimal]]) -> None:
     for account_id, amount in legs:
         after = LedgerAccount.objects.get(pk=account_id).balance + amount
         LedgerAccount.objects.filter(pk=account_id).update(balance=after)
-        LedgerEntry.objects.bulk_create([LedgerEntry(transaction=txn, account_id=account_id, amount=amount, balance_after=after)])
+        LedgerEntry.objects.bulk_create(
+            [LedgerEntry(transaction=txn, account_id=account_id, amount=amount, balance_after=after)]
+        )
 
 
 def test_a_sound_market_passes(market):
@@ -122,7 +124,9 @@ def test_a_sound_market_passes(market):
     assert_invariants()
 
 
-def test_crossing_orders_not_yet_matched_are_not_an_idle_book(market, _matching_queue, django_capture_on_commit_callbacks):
+def test_crossing_orders_not_yet_matched_are_not_an_idle_book(
+    market, _matching_queue, django_capture_on_commit_callbacks
+):
     fwd = market["fwd"]
     with django_capture_on_commit_callbacks(execute=True):
         factories.place(market["provider"], fwd, "sell", 1, "0.90")
@@ -231,7 +235,9 @@ def test_a_usage_event_added_after_its_pair_settled_is_caught(market):
 @breaks
 def test_settlement_money_off_the_rules_is_caught(market):
     first = market["first"]
-    Settlement.objects.filter(trade=first).update(seller_fee=F("seller_fee") + 1, provider_payout=F("provider_payout") - 1)
+    Settlement.objects.filter(trade=first).update(
+        seller_fee=F("seller_fee") + 1, provider_payout=F("provider_payout") - 1
+    )
     with pytest.raises(AssertionError, match=rf"settlement of trade {first.pk}: value/fees"):
         assert_invariants()
 
