@@ -127,6 +127,8 @@ def _invariants_after_test(request):
         yield
         return
     request.getfixturevalue("transactional_db" if transactional else "db")
+    # Settings a test changes (fee rates) stay in force until the check has run.
+    request.getfixturevalue("settings")
     yield
     if not getattr(request.node, "_invariants_call_passed", False):
         return  # the test failed, was skipped or never ran: its own report says why
