@@ -237,15 +237,14 @@ def _check_escrow(
                 price=o.price,
                 max_fee_bps=max_fee,
             )
-    for t in trades:
-        if t.pk in settled:
-            continue
+    for t in trades:  # settled or not: a settlement releases exactly what the contract held
         escrow = contract_escrow(
             quantity=t.quantity, price=t.price, fee_bps=trade_fee_bps(aggressor=t.aggressor_side)[0]
         )
         if t.buyer_escrow != escrow:
             _fail(f"trade {t.pk} says it holds {t.buyer_escrow} in escrow, the contract rule says {escrow}")
-        expected[orders[t.buy_order_id].account_id] += escrow
+        if t.pk not in settled:
+            expected[orders[t.buy_order_id].account_id] += escrow
     actual: dict[int, Decimal] = {}
     for la in LedgerAccount.objects.filter(kind="escrow", owner__isnull=False):
         actual[la.owner_id] = balances.get(la.pk, ZERO)

@@ -337,3 +337,11 @@ def test_a_negative_participant_balance_is_caught(market):
 def test_order_reservation_is_the_documented_rule():
     """200 Mtok at 1.50 reserves 302.00 (README worked example: 1.51 per lot)."""
     assert order_reservation(remaining=200_000_000, lot_size=1_000_000, price=D("1.50"), max_fee_bps=10) == D("302.00")
+
+
+@breaks
+def test_a_wrong_stored_escrow_on_a_settled_contract_is_caught(market):
+    t = market["first"]
+    Trade.objects.filter(pk=t.pk).update(buyer_escrow=F("buyer_escrow") + D("0.01"))
+    with pytest.raises(AssertionError, match=rf"trade {t.pk} says it holds .* in escrow"):
+        assert_invariants()
