@@ -24,7 +24,7 @@ seed: migrate
 
 # Web server, a real Celery worker and the scheduler, on SQLite by default.
 run: seed
-	$(BIN)/python manage.py runexchange --addr $(ADDR)
+	SANDBOX_FUNDING=$${SANDBOX_FUNDING:-true} $(BIN)/python manage.py runexchange --addr $(ADDR)
 
 # The whole suite. Set DATABASE_URL/REDIS_URL to run the PostgreSQL/Redis/worker tests too.
 test: install

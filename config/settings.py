@@ -216,7 +216,7 @@ REST_FRAMEWORK = {
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_PAGINATION_CLASS": "marketplace.api.pagination.IdCursorPagination",
     "PAGE_SIZE": 100,
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "marketplace.api.schema.ExchangeAutoSchema",
     "EXCEPTION_HANDLER": "marketplace.api.errors.exception_handler",
     "DEFAULT_THROTTLE_CLASSES": [
         "marketplace.api.throttling.ApiKeyRateThrottle",
@@ -300,6 +300,12 @@ except ValueError:
     raise ImproperlyConfigured(f"AUCTION_GATE_CLOSURE_UTC={AUCTION_GATE_CLOSURE_UTC!r} is not HH:MM") from None
 SETTLEMENT_GRACE_HOURS = env_int("SETTLEMENT_GRACE_HOURS", 6, minimum=0)
 USAGE_BATCH_MAX = env_int("USAGE_BATCH_MAX", 1000, minimum=1)
+# Sandbox funding (embedded demo): users may credit themselves labelled test funds. `make run`
+# turns it on; production refuses to start with it.
+SANDBOX_FUNDING = env_bool("SANDBOX_FUNDING", False)
+SANDBOX_CREDIT_MAX = env_decimal("SANDBOX_CREDIT_MAX", "100000.00")
+if PRODUCTION and SANDBOX_FUNDING:
+    raise ImproperlyConfigured("SANDBOX_FUNDING must be off in production: it lets users credit themselves")
 
 LOGGING = {
     "version": 1,

@@ -247,6 +247,12 @@ class FundsForm(forms.Form):
     token = forms.UUIDField(widget=forms.HiddenInput)
 
 
+def _cents(value) -> Decimal | None:
+    """A balance as the ledger holds it, to the cent: SQLite hands a subquery's NUMERIC back as
+    a float-like decimal (495806.800000000)."""
+    return None if value is None else Decimal(str(value)).quantize(Decimal("0.01"))
+
+
 def _balance_subquery(kind: str) -> Subquery:
     from metering.models import LedgerAccount
 
@@ -299,15 +305,15 @@ class AccountAdmin(admin.ModelAdmin):
 
     @admin.display(description="available", ordering="available_balance")
     def available(self, obj: Account):
-        return obj.available_balance
+        return _cents(obj.available_balance)
 
     @admin.display(description="escrow", ordering="escrow_balance")
     def escrow(self, obj: Account):
-        return obj.escrow_balance
+        return _cents(obj.escrow_balance)
 
     @admin.display(description="owed", ordering="owed_balance")
     def owed(self, obj: Account):
-        return obj.owed_balance
+        return _cents(obj.owed_balance)
 
     @admin.display(description="ledger accounts")
     def ledger_accounts(self, obj: Account):

@@ -209,6 +209,7 @@ class ApiKey(models.Model):
         READ = "read"
         TRADE = "trade"
         METER = "meter"
+        FUNDING = "funding"  # request deposits and withdrawals
 
     account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="api_keys")
     name = models.CharField(max_length=120, blank=True)

@@ -126,10 +126,12 @@ def api_key_create(
     """Create a key and return it with the raw secret, which is never stored or shown again."""
     scopes = sorted(set(scopes))
     if not scopes:
-        raise ServiceError("invalid_scopes", "Choose at least one scope: read, trade, meter.", field="scopes")
+        raise ServiceError("invalid_scopes", "Choose at least one scope: read, trade, meter, funding.", field="scopes")
     bad = [s for s in scopes if s not in VALID_SCOPES]
     if bad:
-        raise ServiceError("invalid_scopes", f"Unknown scope(s): {', '.join(bad)}. Use read, trade, meter.", field="scopes")
+        raise ServiceError(
+            "invalid_scopes", f"Unknown scope(s): {', '.join(bad)}. Use read, trade, meter, funding.", field="scopes"
+        )
     if "meter" in scopes and not account.is_provider:
         raise ServiceError("invalid_scopes", "Only a provider account can have the meter scope.", field="scopes")
     prefix = secrets.token_hex(6)

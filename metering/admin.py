@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
@@ -21,8 +21,8 @@ from marketplace.admin import ReadOnlyAdmin, ReadOnlyInline, admin_link
 from marketplace.models import Account, Instrument, Region, Tier
 from marketplace.services import ServiceError, instrument_get
 
-from . import reports
-from .models import LedgerAccount, LedgerEntry, LedgerTransaction, Settlement, UsageEvent
+from . import funding, reports
+from .models import FundingRequest, LedgerAccount, LedgerEntry, LedgerTransaction, Settlement, UsageEvent
 
 
 @admin.register(LedgerAccount)
@@ -252,3 +252,67 @@ class ReportForm(forms.Form):
             region_id=d["region"].pk if d.get("region") else None,
             instrument_id=d["instrument"].pk if d.get("instrument") else None,
         )
+
+
+class PendingFirst(admin.SimpleListFilter):
+    """The queue: pending requests unless staff ask for another status."""
+
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request, model_admin):
+        return [*FundingRequest.Status.choices, ("all", "All")]
+
+    def choices(self, changelist):
+        value = self.value() or FundingRequest.Status.PENDING
+        for lookup, title in self.lookup_choices:
+            yield {
+                "selected": value == str(lookup),
+                "query_string": changelist.get_query_string({self.parameter_name: lookup}),
+                "display": title,
+            }
+
+    def queryset(self, request, queryset):
+        value = self.value() or FundingRequest.Status.PENDING
+        return queryset if value == "all" else queryset.filter(status=value)
+
+
+@admin.register(FundingRequest)
+class FundingRequestAdmin(ReadOnlyAdmin):
+    """Deposit and withdrawal requests; staff decide them with the approve/reject actions."""
+
+    list_display = (
+        "id", "requested_at", "account", "kind", "amount", "currency", "reference", "status", "sandbox",
+        "decided_by", "decided_at",
+    )
+    list_filter = (PendingFirst, "kind", "sandbox")
+    list_select_related = ("account", "decided_by")
+    search_fields = ("account__slug", "account__name", "reference")
+    date_hierarchy = "requested_at"
+    actions = ("approve", "reject")
+
+    def has_decide_permission(self, request: HttpRequest) -> bool:
+        # Deciding posts ledger transactions, like the deposit/withdraw actions on accounts.
+        return request.user.has_perm("metering.add_ledgertransaction")
+
+    def _decide(self, request: HttpRequest, queryset, *, service, verb: str) -> None:
+        done = 0
+        for request_id in queryset.values_list("pk", flat=True):
+            try:
+                decided = service(request_id=request_id, staff=request.user, note=f"{verb} in admin")
+            except ServiceError as exc:
+                self.message_user(request, f"#{request_id}: {exc.message}", messages.WARNING)
+                continue
+            txn = decided.decision_transaction.key if decided.decision_transaction_id else "no money moved"
+            self.log_change(request, decided, f"{verb} {decided.kind} of {decided.amount} ({txn})")
+            done += 1
+        if done:
+            self.message_user(request, f"{verb.capitalize()} {done} request(s).", messages.SUCCESS)
+
+    @admin.action(description="Approve the selected requests (credit deposits, pay out withdrawals)", permissions=["decide"])
+    def approve(self, request: HttpRequest, queryset) -> None:
+        self._decide(request, queryset, service=funding.funding_request_approve, verb="approved")
+
+    @admin.action(description="Reject the selected requests (withdrawals: held funds back to available)", permissions=["decide"])
+    def reject(self, request: HttpRequest, queryset) -> None:
+        self._decide(request, queryset, service=funding.funding_request_reject, verb="rejected")

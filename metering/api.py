@@ -14,13 +14,13 @@ from rest_framework import generics, serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from marketplace.api.auth import MeterScope, ReadScope, request_account
+from marketplace.api.auth import FundingScope, MeterScope, ReadScope, request_account
 from marketplace.api.fields import PriceField
 from marketplace.models import Trade
 from marketplace.services import ServiceError
 
-from . import selectors, usage
-from .models import LedgerEntry, LedgerTransaction, Settlement
+from . import funding, selectors, usage
+from .models import FundingRequest, LedgerEntry, LedgerTransaction, Settlement
 
 # --- contracts ------------------------------------------------------------------------------
 
@@ -198,6 +198,7 @@ class Balances(APIView):
                         "available": serializers.DecimalField(max_digits=20, decimal_places=2),
                         "escrow": serializers.DecimalField(max_digits=20, decimal_places=2),
                         "owed": serializers.DecimalField(max_digits=20, decimal_places=2),
+                        "pending_withdrawal": serializers.DecimalField(max_digits=20, decimal_places=2),
                     },
                     many=True,
                 ),
@@ -281,3 +282,101 @@ class LedgerList(generics.ListAPIView):
             kinds=_choices(r, "kind", list(LedgerTransaction.Kind.values)),
             ledger_kinds=_choices(r, "account", ["available", "escrow", "owed"]),
         )
+
+
+# --- funding requests -------------------------------------------------------------------------
+
+
+class FundingRequestSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = FundingRequest
+        fields = [
+            "id", "kind", "amount", "currency", "reference", "status", "sandbox",
+            "requested_at", "decided_at", "decision_note",
+        ]
+
+
+class FundingRequestInput(serializers.Serializer):
+    amount = serializers.CharField(help_text='decimal string with at most 2 places, e.g. "500.00"')
+    reference = serializers.CharField(
+        required=False, allow_blank=True, max_length=funding.REFERENCE_MAX * 2,
+        help_text="deposit: your payment reference; withdrawal: where to pay (e.g. an account)",
+    )
+
+
+class FundingList(generics.ListAPIView):
+    """Own deposit and withdrawal requests, newest first (read scope). ?status=pending|approved|..."""
+
+    permission_classes = [ReadScope]
+    serializer_class = FundingRequestSerializer
+
+    @extend_schema(parameters=[OpenApiParameter("status", str, enum=FundingRequest.Status.values)])
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
+    def get_queryset(self):
+        qs = FundingRequest.objects.filter(account=request_account(self.request))
+        status = self.request.query_params.get("status")
+        if status:
+            if status not in FundingRequest.Status.values:
+                raise ServiceError(
+                    "invalid_filter", f"status is one of {', '.join(FundingRequest.Status.values)}.", field="status"
+                )
+            qs = qs.filter(status=status)
+        return qs
+
+
+class _FundingCreate(APIView):
+    permission_classes = [FundingScope]
+    service = None
+
+    def post(self, request):
+        data = FundingRequestInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        created = type(self).service(
+            account=request_account(request),
+            amount=data.validated_data["amount"],
+            reference=data.validated_data.get("reference", ""),
+        )
+        return Response(FundingRequestSerializer(created).data, status=201)
+
+
+@extend_schema(request=FundingRequestInput, responses={201: FundingRequestSerializer})
+class FundingDepositCreate(_FundingCreate):
+    """Ask for a deposit (funding scope): staff credit it once the money has arrived."""
+
+    service = staticmethod(funding.funding_deposit_request)
+
+
+@extend_schema(request=FundingRequestInput, responses={201: FundingRequestSerializer})
+class FundingWithdrawalCreate(_FundingCreate):
+    """Ask to withdraw (funding scope): the amount is held at once, paid out when staff approve."""
+
+    service = staticmethod(funding.funding_withdrawal_request)
+
+
+class FundingCancel(APIView):
+    """Cancel one of your own pending requests; a withdrawal's held funds return to available."""
+
+    permission_classes = [FundingScope]
+
+    @extend_schema(request=None, responses=FundingRequestSerializer)
+    def post(self, request, request_id: int):
+        done = funding.funding_request_cancel(account=request_account(request), request_id=request_id)
+        return Response(FundingRequestSerializer(done).data)
+
+
+class SandboxCredit(APIView):
+    """Sandbox demo only: credit yourself labelled test funds (403 sandbox_disabled elsewhere)."""
+
+    permission_classes = [FundingScope]
+
+    @extend_schema(
+        request=inline_serializer("SandboxCreditInput", {"amount": serializers.CharField()}),
+        responses={201: FundingRequestSerializer},
+    )
+    def post(self, request):
+        data = FundingRequestInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        done = funding.funding_sandbox_credit(account=request_account(request), amount=data.validated_data["amount"])
+        return Response(FundingRequestSerializer(done).data, status=201)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -31,6 +32,8 @@ class LedgerAccount(models.Model):
         AVAILABLE = "available"
         ESCROW = "escrow"
         OWED = "owed"
+        # Funds of a withdrawal request awaiting staff: out of available, not yet paid out.
+        WITHDRAWAL_HOLD = "withdrawal_hold"
         DEPOSITS = "deposits"  # system: money that entered or left the exchange
         FEES = "fees"  # system: the platform's revenue
 
@@ -67,6 +70,8 @@ class LedgerTransaction(models.Model):
     class Kind(models.TextChoices):
         DEPOSIT = "deposit"
         WITHDRAWAL = "withdrawal"
+        WITHDRAWAL_HOLD = "withdrawal_hold"
+        WITHDRAWAL_RELEASE = "withdrawal_release"
         ESCROW_RESERVE = "escrow_reserve"
         ESCROW_RELEASE = "escrow_release"
         MATCH = "match"
@@ -163,3 +168,67 @@ class Settlement(models.Model):
 
     def __str__(self) -> str:
         return f"settlement of trade {self.trade_id}"
+
+
+class FundingRequest(models.Model):
+    """A participant's request to deposit or withdraw, decided by staff.
+
+    Two-phase, like a pending transfer: a withdrawal request moves its amount from available
+    to the account's withdrawal hold at once (`hold_transaction`), so it cannot be traded away
+    while staff look at it; approval pays the hold out, rejection or cancellation returns it
+    (`decision_transaction`). A deposit request moves no money until it is approved. Sandbox
+    credits (embedded demo only) are deposit requests approved at once and flagged as test funds.
+    """
+
+    class Kind(models.TextChoices):
+        DEPOSIT = "deposit"
+        WITHDRAWAL = "withdrawal"
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        APPROVED = "approved"
+        REJECTED = "rejected"
+        CANCELLED = "cancelled"
+
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="funding_requests")
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    amount = models.DecimalField(max_digits=20, decimal_places=2)
+    currency = models.CharField(max_length=3)
+    reference = models.CharField(max_length=140, blank=True, help_text="payment reference or destination")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    sandbox = models.BooleanField(default=False, help_text="test funds credited in the sandbox, not real money")
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    requested_at = models.DateTimeField(default=timezone.now)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decision_note = models.CharField(max_length=255, blank=True)
+    hold_transaction = models.OneToOneField(
+        LedgerTransaction, null=True, blank=True, on_delete=models.PROTECT, related_name="funding_hold"
+    )
+    decision_transaction = models.OneToOneField(
+        LedgerTransaction, null=True, blank=True, on_delete=models.PROTECT, related_name="funding_decision"
+    )
+
+    class Meta:
+        ordering = ["-requested_at", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(amount__gt=0), name="funding_amount_positive"),
+            # A withdrawal always holds its funds; a deposit never does.
+            models.CheckConstraint(
+                condition=Q(kind="withdrawal", hold_transaction__isnull=False)
+                | Q(kind="deposit", hold_transaction__isnull=True),
+                name="funding_withdrawal_holds",
+            ),
+            models.CheckConstraint(
+                condition=Q(status="pending", decided_at__isnull=True) | (~Q(status="pending") & Q(decided_at__isnull=False)),
+                name="funding_decided_when_not_pending",
+            ),
+        ]
+        indexes = [models.Index(fields=["status", "requested_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind} #{self.pk} {self.amount} {self.currency} ({self.status})"

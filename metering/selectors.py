@@ -20,19 +20,25 @@ from .settlement import allocate
 def balances_get(*, account: Account) -> dict[str, Decimal]:
     """available, escrow and owed of `account` in the settlement currency."""
     out = {k: Decimal("0.00") for k in ("available", "escrow", "owed")}
-    for kind, balance in LedgerAccount.objects.filter(owner=account, currency=currency()).values_list("kind", "balance"):
+    for kind, balance in LedgerAccount.objects.filter(
+        owner=account, currency=currency(), kind__in=list(out)
+    ).values_list("kind", "balance"):
         out[kind] = balance
     return out
 
 
 def balances_by_currency(*, account: Account) -> list[dict]:
-    """One row per currency the account holds: {currency, available, escrow, owed}."""
+    """One row per currency the account holds: {currency, available, escrow, owed, pending_withdrawal}."""
+    names = {"available": "available", "escrow": "escrow", "owed": "owed", "withdrawal_hold": "pending_withdrawal"}
+
+    def empty(cur: str) -> dict:
+        return {"currency": cur, **{name: Decimal("0.00") for name in names.values()}}
+
     rows: dict[str, dict] = {}
     for cur, kind, balance in LedgerAccount.objects.filter(owner=account).values_list("currency", "kind", "balance"):
-        row = rows.setdefault(cur, {"currency": cur, "available": Decimal("0.00"), "escrow": Decimal("0.00"), "owed": Decimal("0.00")})
-        row[kind] = balance
+        rows.setdefault(cur, empty(cur))[names[kind]] = balance
     if not rows:
-        rows[currency()] = {"currency": currency(), "available": Decimal("0.00"), "escrow": Decimal("0.00"), "owed": Decimal("0.00")}
+        rows[currency()] = empty(currency())
     return [rows[c] for c in sorted(rows)]
 
 

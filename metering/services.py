@@ -23,10 +23,11 @@ def parse_amount(raw: str | Decimal) -> Decimal:
         raise ServiceError("invalid_amount", f"{raw!r} is not an amount.", field="amount") from None
     if not amount.is_finite() or amount <= 0:
         raise ServiceError("invalid_amount", "The amount must be a positive number.", field="amount")
+    # The cap first: quantize() of a huge exponent (1e999999) raises instead of answering.
+    if amount > MAX_FUNDING:
+        raise ServiceError("invalid_amount", f"The amount is too large (at most {MAX_FUNDING:,}).", field="amount")
     if amount != amount.quantize(Decimal("0.01")):
         raise ServiceError("invalid_amount", "The amount has at most 2 decimal places (cents).", field="amount")
-    if amount > MAX_FUNDING:
-        raise ServiceError("invalid_amount", "The amount is too large.", field="amount")
     return amount
 
 

@@ -380,22 +380,24 @@ class AuctionView:
     extra: dict = field(default_factory=dict)
 
 
-def instrument_auction_get(*, instrument: Instrument) -> AuctionView:
+def instrument_auction_get(*, instrument: Instrument, allocate: bool = False) -> AuctionView:
     """The instrument's call auction: the published result, or while collecting the indicative
-    price and volume if it were cleared now (as exchanges publish during a call phase)."""
+    price and volume if it were cleared now (as exchanges publish during a call phase).
+
+    With `allocate`, the indicative result also says what each order would trade (the full
+    clearing, fills included), for showing a trader how their own orders stand."""
     auction = CallAuction.objects.filter(instrument=instrument).first()
     if auction is None:
         raise NotFound("no_call_auction", f"{instrument.symbol} has no day-ahead call auction.")
     if auction.status == CallAuction.Status.CLEARED:
         return AuctionView(auction)
-    from .auction import clearing_price
+    from .auction import clear, clearing_price
     from .services import _auction_orders, _hardware_codes, auction_reference_price
 
     _, orders = _auction_orders(instrument.pk, _hardware_codes())
     ref = auction_reference_price(instrument=instrument, book_row=instrument.book)
-    return AuctionView(
-        auction, clearing_price(orders, reference_price=ref, tick=instrument.tick_size), collected_orders=len(orders)
-    )
+    result = (clear if allocate else clearing_price)(orders, reference_price=ref, tick=instrument.tick_size)
+    return AuctionView(auction, result, collected_orders=len(orders))
 
 
 def trades_in_window(*, instrument: Instrument, since: dt.datetime) -> dict:

@@ -80,5 +80,9 @@ class MeterScope(_Scope):
     scope = "meter"
 
 
+class FundingScope(_Scope):
+    scope = "funding"
+
+
 def request_account(request):
     return request.auth.account

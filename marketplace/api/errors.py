@@ -112,10 +112,16 @@ def json_error(request, status_code: int, code: str, message: str) -> JsonRespon
     return JsonResponse(error_body(code, message), status=status_code)
 
 
+def api_not_found(request) -> JsonResponse:
+    return json_error(
+        request, status.HTTP_404_NOT_FOUND, "not_found", f"There is no API endpoint at {request.path}; see /api/docs/."
+    )
+
+
 def handler404(request, exception=None):
     """JSON in the one error shape under /api/, Django's page elsewhere."""
     if request.path.startswith("/api/"):
-        return json_error(request, status.HTTP_404_NOT_FOUND, "not_found", "No such endpoint or object.")
+        return api_not_found(request)
     from django.views.defaults import page_not_found
 
     return page_not_found(request, exception)

@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.http import HttpResponse, JsonResponse
 
-from .errors import DB_RETRY_AFTER, error_body
+from .errors import DB_RETRY_AFTER, api_not_found, error_body
 
 logger = logging.getLogger(__name__)
 
@@ -28,16 +28,30 @@ def _is_api(path: str) -> bool:
     return path.startswith("/api/")
 
 
+def _is_json(response) -> bool:
+    return response.get("Content-Type", "").startswith("application/json")
+
+
 # Content-Security-Policy: JSON needs nothing from the page; HTML pages keep their scripts
 # (Swagger UI and htmx use inline ones) but may not be framed, load plugins or post elsewhere.
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
 PAGE_CSP = "object-src 'none'; base-uri 'self'; frame-ancestors 'none'; form-action 'self'"
+# The interactive API docs are an HTML page under /api/: Swagger UI's scripts, its stylesheet
+# and its inline styles come from this origin (the split view serves its init script as a
+# file, so no inline script is allowed), and it fetches the schema from here.
+DOCS_PATHS = ("/api/docs/",)
+DOCS_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
+)
 
 
 def _security_headers(request, response) -> None:
     # Also here (not only in XFrameOptionsMiddleware) for answers this middleware makes itself.
     response.headers.setdefault("X-Frame-Options", settings.X_FRAME_OPTIONS)
-    if _is_api(request.path):
+    if request.path.startswith(DOCS_PATHS):
+        response.headers.setdefault("Content-Security-Policy", DOCS_CSP)
+    elif _is_api(request.path):
         response.headers.setdefault("Content-Security-Policy", API_CSP)
         if request.META.get("HTTP_AUTHORIZATION"):
             # A private answer (orders, balances) must not sit in a shared or browser cache.
@@ -82,6 +96,10 @@ class RequestLimitsMiddleware:
             _security_headers(request, response)
             return response
         response = self.get_response(request)
+        if response.status_code == 404 and _is_api(request.path) and not _is_json(response):
+            # An unknown /api/ path: Django answers with its HTML page (the debug page when
+            # DEBUG is on, since handler404 only applies without it); clients expect JSON.
+            response = api_not_found(request)
         _security_headers(request, response)
         return response
 

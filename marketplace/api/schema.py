@@ -8,6 +8,9 @@ check that every 4xx/503 body really has that shape.
 
 from __future__ import annotations
 
+from drf_spectacular.openapi import AutoSchema
+from rest_framework import permissions
+
 ERROR_SCHEMA = {
     "type": "object",
     "description": "The one error shape of the API.",
@@ -56,3 +59,18 @@ def add_error_responses(result, generator, request, public):
                     status, {"description": description, "content": {"application/json": {"schema": _ERROR_REF}}}
                 )
     return result
+
+
+class ExchangeAutoSchema(AutoSchema):
+    """Public operations (catalog, market data) declare no security requirement.
+
+    drf-spectacular lists the API key as one alternative beside anonymous access, and
+    generated clients then demand a key for the public catalog. A key is still accepted there
+    (it only changes which throttle applies), so saying nothing is the truthful schema.
+    """
+
+    def get_auth(self):
+        perms = [p.__class__ for p in self.view.get_permissions()]
+        if perms and all(p is permissions.AllowAny for p in perms):
+            return []
+        return super().get_auth()

@@ -6,6 +6,7 @@ carries that API field, in the service's own words, so the page says what the AP
 
 from __future__ import annotations
 
+import uuid
 from decimal import Decimal, InvalidOperation
 
 from django import forms
@@ -63,8 +64,24 @@ class SignupForm(forms.Form):
         return role in ("buyer", "both"), role in ("provider", "both")
 
 
+def _no_separator(raw: str, *, example: str) -> str:
+    """Refuse a comma, space or underscore in a number: "7,50" is 7.50 to half the world and
+    750 to the other half, so guessing could place an order a hundred times off."""
+    raw = raw.strip()
+    if any(c in raw for c in ", _'\u00a0"):
+        raise forms.ValidationError(
+            f"Write numbers with a point for decimals and no thousands separator, e.g. {example}."
+        )
+    return raw
+
+
 class OrderForm(forms.Form):
-    """Order entry. Quantity is entered in Mtok (millions of tokens), as prices are quoted."""
+    """Order entry. Quantity is entered in Mtok (millions of tokens), as prices are quoted.
+
+    `form_token` is new on every render of an empty form: a double click or a resent form
+    carries the same token, and the view places it once (the token becomes the order's client
+    order id when the trader gave none).
+    """
 
     side = forms.ChoiceField(choices=Side.choices, widget=forms.RadioSelect, initial=Side.BUY)
     quantity_mtok = forms.CharField(
@@ -79,19 +96,22 @@ class OrderForm(forms.Form):
         label="Allowed hardware (buy; none ticked = any)", required=False, widget=forms.CheckboxSelectMultiple
     )
     client_order_id = forms.CharField(label="Client order id (optional)", required=False, max_length=64)
+    form_token = forms.CharField(widget=forms.HiddenInput, required=False, max_length=40)
     # API field -> form field, for ServiceError.field
     field_map = {"quantity": "quantity_mtok"}
 
     def __init__(self, *args, instrument: Instrument, **kwargs):
         super().__init__(*args, **kwargs)
         self.instrument = instrument
+        if not self.is_bound:
+            self.initial.setdefault("form_token", uuid.uuid4().hex)
         codes = [(h.code, f"{h.code} — {h.name}") for h in Hardware.objects.all()]
         self.fields["hardware"].choices = [("", "choose hardware")] + codes
         self.fields["allowed_hardware"].choices = codes
 
     def clean_quantity_mtok(self) -> int:
         """Mtok as typed -> integer tokens; the lot-size rule is the service's to apply."""
-        raw = self.cleaned_data["quantity_mtok"].replace(",", "").replace("_", "").strip()
+        raw = _no_separator(self.cleaned_data["quantity_mtok"], example="1.5")
         try:
             mtok = Decimal(raw)
         except InvalidOperation:
@@ -102,7 +122,7 @@ class OrderForm(forms.Form):
         return int(tokens)
 
     def clean_price(self) -> Decimal:
-        raw = self.cleaned_data["price"].replace(",", "").strip()
+        raw = _no_separator(self.cleaned_data["price"], example="7.50")
         try:
             price = Decimal(raw)
         except InvalidOperation:
@@ -120,8 +140,12 @@ class OrderForm(forms.Form):
             "time_in_force": d["time_in_force"],
             "hardware": (d.get("hardware") or None) if d["side"] == Side.SELL else None,
             "allowed_hardware": tuple(d.get("allowed_hardware") or ()) if d["side"] == Side.BUY else (),
-            "client_order_id": d.get("client_order_id") or None,
+            "client_order_id": d.get("client_order_id") or self.token_client_order_id(),
         }
+
+    def token_client_order_id(self) -> str | None:
+        token = (self.cleaned_data.get("form_token") or "").strip()
+        return f"web-{token}" if token.isalnum() else None
 
 
 class ApiKeyForm(forms.Form):

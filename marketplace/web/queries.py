@@ -185,11 +185,12 @@ def instrument_candles(*, instrument: Instrument, interval: str, now: dt.datetim
 
 
 def candle_series(*, instrument: Instrument, interval: str) -> dict[str, Any]:
-    """The price chart's data: candle starts, close/high/low as strings, volume in Mtok."""
+    """The price chart's data: candle starts, open/high/low/close as strings, volume in Mtok."""
     candles = instrument_candles(instrument=instrument, interval=interval)
     return {
         "interval": interval,
         "labels": [c.start.isoformat() for c in candles],
+        "open": [str(c.open) for c in candles],
         "close": [str(c.close) for c in candles],
         "high": [str(c.high) for c in candles],
         "low": [str(c.low) for c in candles],
@@ -312,6 +313,38 @@ def contracts_for_account(*, account: Account, limit: int = 500) -> list[Contrac
         )
         for t in trades
     ]
+
+
+def provider_contracts(*, account: Account, limit: int = 50) -> list[ContractRow]:
+    """The provider's sold contracts, newest first, with what its usage reports delivered."""
+    trades = list(
+        metering_selectors.contracts_for_account(account=account, role="provider").order_by("-id")[:limit]
+    )
+    delivered = metering_selectors.contracts_delivered(trades=trades)
+    return [
+        ContractRow(
+            trade=t, role="provider", delivered=delivered.get(t.pk, 0), settlement=_settlement(t),
+            status=metering_selectors.contract_status(trade=t),
+        )
+        for t in trades
+    ]
+
+
+def usage_example(*, rows: list[ContractRow], now: dt.datetime | None = None) -> dict[str, Any] | None:
+    """A usage report a provider can paste: its newest unsettled contract, a time inside it."""
+    now = now or timezone.now()
+    unsettled = [r for r in rows if r.settlement is None]
+    row = next((r for r in unsettled if r.status == "delivering"), None) or next(iter(unsettled), None)
+    if row is None:
+        return None
+    t = row.trade
+    start = max(t.instrument.delivery_start, t.executed_at)
+    when = min(max(now, start), t.instrument.delivery_end - dt.timedelta(seconds=1))
+    # Usage can only be reported once delivery has begun (timestamps are never in the future).
+    return {
+        "contract": t.pk, "buyer": t.buyer.slug, "timestamp": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "from": None if start <= now else start,
+    }
 
 
 def _settlement(trade: Trade) -> Settlement | None:
@@ -457,3 +490,48 @@ def provider_floor_table(*, tier_code: str) -> list[dict[str, Any]]:
     for r in rows:
         by_hw[r.hardware][r.region] = r.floor
     return [{"hardware": hw, "floors": [floors.get(code) for code in regions]} for hw, floors in sorted(by_hw.items())]
+
+
+@dataclass
+class AuctionPanel:
+    """What a trader needs to see on a book in its day-ahead call auction."""
+
+    status: str  # collecting | cleared
+    gate_closure_at: dt.datetime
+    price: Decimal | None  # indicative while collecting, the clearing price once cleared
+    volume: int
+    demand: int
+    supply: int
+    imbalance: int
+    collected_orders: int
+    cleared_at: dt.datetime | None = None
+    # The viewer's own auction orders: (order, tokens it would trade at the indicative price).
+    mine: list[tuple[Order, int]] = field(default_factory=list)
+
+    @property
+    def collecting(self) -> bool:
+        return self.status == "collecting"
+
+
+def auction_panel(*, instrument: Instrument, account: Account | None) -> AuctionPanel | None:
+    """The instrument's call auction as the instrument page shows it, or None without one."""
+    try:
+        view = pricing_selectors.instrument_auction_get(instrument=instrument, allocate=account is not None)
+    except ServiceError:
+        return None
+    a = view.auction
+    if a.status != "collecting":
+        return AuctionPanel(
+            status=a.status, gate_closure_at=a.gate_closure_at, price=a.clearing_price, volume=a.volume,
+            demand=a.demand, supply=a.supply, imbalance=a.imbalance, collected_orders=a.orders_count,
+            cleared_at=a.cleared_at,
+        )
+    c = view.indicative
+    panel = AuctionPanel(
+        status=a.status, gate_closure_at=a.gate_closure_at, price=c.price, volume=c.volume, demand=c.demand,
+        supply=c.supply, imbalance=c.imbalance, collected_orders=view.collected_orders,
+    )
+    if account is not None:
+        own = Order.objects.filter(instrument=instrument, account=account, status__in=LIVE_STATUSES).order_by("id")
+        panel.mine = [(o, c.filled.get(o.pk, 0)) for o in own]
+    return panel

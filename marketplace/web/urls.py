@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from . import views
+from . import funding, views
 
 urlpatterns = [
     path("", views.markets, name="markets"),
@@ -20,6 +20,8 @@ urlpatterns = [
     path("contracts/", views.contracts, name="contracts"),
     path("balances/", views.balances, name="balances"),
     path("balances/statement.csv", views.statement_csv, name="statement_csv"),
+    path("funding/", funding.funding_page, name="funding"),
+    path("funding/<int:request_id>/cancel/", funding.funding_cancel, name="funding_cancel"),
     path("provider/", views.provider, name="provider"),
     path("api-keys/", views.api_keys, name="api_keys"),
     path("api-keys/<int:key_id>/revoke/", views.api_key_revoke, name="api_key_revoke"),

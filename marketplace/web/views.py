@@ -38,6 +38,7 @@ def _page(request: HttpRequest, template: str, context: dict[str, Any], status: 
     context.setdefault("account", getattr(request, "account", None) or queries.account_for_user(user=request.user))
     context.setdefault("currency", settings.EXCHANGE_CURRENCY)
     context.setdefault("live_poll", LIVE_POLL)
+    context.setdefault("sandbox_funding", settings.SANDBOX_FUNDING)
     return render(request, template, context, status=status)
 
 
@@ -140,6 +141,7 @@ def _live_context(request: HttpRequest, inst: Instrument) -> dict[str, Any]:
         "my_orders": queries.orders_page(account=account, live=True, instrument=inst) if account else [],
         "my_recent": queries.orders_page(account=account, live=False, instrument=inst, limit=10) if account else [],
         "account": account,
+        "auction": queries.auction_panel(instrument=inst, account=account),
     }
 
 
@@ -213,17 +215,26 @@ def order_place(request: HttpRequest, symbol: str) -> HttpResponse:
     form = OrderForm(request.POST, instrument=inst)
     placed = None
     if form.is_valid():
+        kwargs = form.service_kwargs()
         try:
-            placed = services.order_place(account=request.account, instrument=inst, **form.service_kwargs())
+            placed = services.order_place(account=request.account, instrument=inst, **kwargs)
         except ServiceError as exc:
-            add_service_error(form, exc, OrderForm.field_map)
-            if exc.code == "insufficient_funds":
-                form.add_error(None, "Ask the exchange's staff for a deposit to fund your account.")
+            placed = _resent_form_order(request, exc, kwargs["client_order_id"], form.token_client_order_id())
+            if placed is None:
+                add_service_error(form, exc, OrderForm.field_map)
+            if placed is None and exc.code == "insufficient_funds":
+                form.add_error(None, "Request a deposit on the Funding page to fund your account.")
     if placed is not None:
-        note = (
-            f"Order #{placed.pk} placed: {placed.side} {placed.quantity / queries.TOKENS_PER_PRICE_UNIT:g} Mtok "
-            f"at {price_text(placed.price)}. It is matched within seconds."
-        )
+        note = f"Order #{placed.pk} placed: {placed.side} {placed.quantity / queries.TOKENS_PER_PRICE_UNIT:g} Mtok at {price_text(placed.price)}."
+        auction = queries.auction_panel(instrument=inst, account=None)
+        if auction is not None and auction.collecting:
+            note += (
+                f" It joins the day-ahead call auction: every order collected until gate closure at "
+                f"{auction.gate_closure_at:%Y-%m-%d %H:%M} UTC clears at one price, so it is not matched before then."
+                " See the auction panel above for the indicative price."
+            )
+        else:
+            note += " It is matched within seconds."
         if placed.below_energy_floor:
             note += " Note: this price is below the energy-cost floor for its hardware."
         if not request.htmx:
@@ -242,6 +253,16 @@ def order_place(request: HttpRequest, symbol: str) -> HttpResponse:
         return _page(request, "web/partials/order_entry.html", context)
     context.update(_live_context(request, inst))
     return _page(request, "web/instrument.html", context, status=400)
+
+
+def _resent_form_order(request: HttpRequest, exc: ServiceError, client_order_id: str | None, token_id: str | None):
+    """The order a double click or a resent form already placed, or None.
+
+    Only for the form's own token: a client order id the trader typed and reused is an error.
+    """
+    if exc.code != "duplicate_client_order_id" or token_id is None or client_order_id != token_id:
+        return None
+    return selectors.orders_for_account(account=request.account).filter(client_order_id=token_id).first()
 
 
 # --- my orders ----------------------------------------------------------------------------
@@ -358,10 +379,14 @@ def provider(request: HttpRequest) -> HttpResponse:
     account = request.account
     listings = list(selectors.orders_for_account(account=account).filter(side=Side.SELL).order_by("-id")[:200])
     tier = request.GET.get("tier") or "standard"
+    contracts = queries.provider_contracts(account=account)
     return _page(
         request,
         "web/provider.html",
         {
+            "contracts": contracts,
+            "usage_example": queries.usage_example(rows=contracts),
+            "base_url": request.build_absolute_uri("/").rstrip("/"),
             "listings": listings,
             "capacity": queries.provider_capacity(account=account),
             "revenue": queries.provider_revenue_by_day(account=account),

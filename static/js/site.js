@@ -15,6 +15,27 @@
   }, true);
   // htmx-driven forms confirm through hx-confirm; nothing else needed here.
 
+  // Copy buttons: data-copy names the element whose text goes to the clipboard.
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest && event.target.closest("[data-copy]");
+    if (!button || !navigator.clipboard) return;
+    var source = document.querySelector(button.getAttribute("data-copy"));
+    if (source) navigator.clipboard.writeText(source.textContent).then(function () { button.textContent = "Copied"; });
+  });
+
+  // Countdowns (auction gate closure): "1h 02m 05s", refreshed every second from the server's time.
+  function tick() {
+    document.querySelectorAll("[data-countdown-to]").forEach(function (el) {
+      var left = Math.floor((Date.parse(el.getAttribute("data-countdown-to")) - Date.now()) / 1000);
+      if (isNaN(left)) return;
+      if (left <= 0) { el.textContent = "gate closed, clearing"; return; }
+      var h = Math.floor(left / 3600), m = Math.floor((left % 3600) / 60), s = left % 60;
+      el.textContent = (h ? h + "h " : "") + (h || m ? String(m).padStart(2, "0") + "m " : "") + String(s).padStart(2, "0") + "s";
+    });
+  }
+  setInterval(tick, 1000);
+  document.addEventListener("DOMContentLoaded", tick);
+
   // Order form: show the hardware field for sells and the allowed-hardware set for buys.
   function syncSide(root) {
     var form = (root || document).querySelector("#order-form");
@@ -63,12 +84,6 @@
     plugins: { legend: { display: true, position: "bottom", labels: { boxWidth: 12 } } }
   };
 
-  function shortTime(iso, interval) {
-    var d = new Date(iso);
-    if (interval === "1d") return d.toISOString().slice(5, 10);
-    return d.toISOString().slice(interval === "1h" ? 5 : 11, 16).replace("T", " ");
-  }
-
   function drawInstrumentCharts() {
     var depth = readJSON("depth-data");
     if (depth) {
@@ -89,24 +104,45 @@
     var candles = readJSON("candles-data");
     var empty = document.getElementById("price-empty");
     if (empty && candles) empty.hidden = candles.labels.length > 0;
-    if (candles) {
-      upsert("price", "price-chart", {
-        type: "line",
-        data: {
-          labels: candles.labels.map(function (l) { return shortTime(l, candles.interval); }),
-          datasets: [
-            { label: "Close", data: candles.close.map(Number), borderColor: "#1f6feb", backgroundColor: "#1f6feb", pointRadius: 2, tension: 0, yAxisID: "y" },
-            { label: "High", data: candles.high.map(Number), borderColor: "rgba(19,122,63,.5)", borderDash: [4, 3], pointRadius: 0, yAxisID: "y" },
-            { label: "Low", data: candles.low.map(Number), borderColor: "rgba(180,35,24,.5)", borderDash: [4, 3], pointRadius: 0, yAxisID: "y" },
-            { label: "Volume (Mtok)", data: candles.volume, type: "bar", backgroundColor: "rgba(91,103,117,.25)", maxBarThickness: 18, yAxisID: "v" }
-          ]
-        },
-        options: Object.assign({}, baseOptions, { scales: {
-          y: { position: "left", title: { display: true, text: "price per Mtok" } },
-          v: { position: "right", beginAtZero: true, grid: { drawOnChartArea: false }, title: { display: true, text: "Mtok" } }
-        } })
+    if (candles) drawCandles(candles);
+  }
+
+  // The price chart: OHLC candles with volume bars (TradingView lightweight-charts, vendored).
+  var candleChart = null;
+  function drawCandles(candles) {
+    var box = document.getElementById("price-chart");
+    if (!box || typeof LightweightCharts === "undefined") return;
+    if (!candleChart || candleChart.box !== box) {
+      var lw = LightweightCharts;
+      var chart = lw.createChart(box, {
+        autoSize: true,
+        layout: { background: { color: "transparent" }, textColor: "#3b4450" },
+        grid: { vertLines: { color: "#eef1f4" }, horzLines: { color: "#eef1f4" } },
+        timeScale: { timeVisible: candles.interval !== "1d", secondsVisible: false },
+        rightPriceScale: { scaleMargins: { top: 0.1, bottom: 0.25 } }
       });
+      var price = chart.addSeries(lw.CandlestickSeries, {
+        upColor: "#137a3f", downColor: "#b42318", borderVisible: false,
+        wickUpColor: "#137a3f", wickDownColor: "#b42318", priceFormat: { type: "price", precision: 2, minMove: 0.01 }
+      });
+      var volume = chart.addSeries(lw.HistogramSeries, { priceScaleId: "volume", priceFormat: { type: "volume" }, color: "rgba(91,103,117,.35)" });
+      chart.priceScale("volume").applyOptions({ scaleMargins: { top: 0.8, bottom: 0 } });
+      candleChart = { box: box, chart: chart, price: price, volume: volume };
     }
+    var t = candles.labels.map(function (l) { return Math.floor(Date.parse(l) / 1000); });
+    candleChart.price.setData(t.map(function (time, i) {
+      return { time: time, open: Number(candles.open[i]), high: Number(candles.high[i]), low: Number(candles.low[i]), close: Number(candles.close[i]) };
+    }));
+    candleChart.volume.setData(t.map(function (time, i) {
+      var up = Number(candles.close[i]) >= Number(candles.open[i]);
+      return { time: time, value: candles.volume[i], color: up ? "rgba(19,122,63,.35)" : "rgba(180,35,24,.35)" };
+    }));
+    if (candleChart.interval !== candles.interval) {
+      candleChart.chart.applyOptions({ timeScale: { timeVisible: candles.interval !== "1d" } });
+      candleChart.chart.timeScale().fitContent();
+      candleChart.interval = candles.interval;
+    }
+    box.setAttribute("data-candles", String(t.length));
   }
 
   function drawSeriesCharts() {

@@ -13,10 +13,10 @@ from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.test import APIRequestFactory
 
-from marketplace.api.auth import MeterScope, ReadScope, TradeScope
+from marketplace.api.auth import FundingScope, MeterScope, ReadScope, TradeScope
 
 METHODS = ("get", "post", "put", "patch", "delete")
-SCOPES = {ReadScope: "read", TradeScope: "trade", MeterScope: "meter"}
+SCOPES = {ReadScope: "read", TradeScope: "trade", MeterScope: "meter", FundingScope: "funding"}
 
 
 @dataclass(frozen=True)

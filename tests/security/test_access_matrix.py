@@ -25,7 +25,8 @@ from rest_framework.test import APIClient
 
 from marketplace import services
 from marketplace.models import ApiKey, Membership, Order, Trade
-from metering.models import LedgerEntry, UsageEvent
+from metering.funding import funding_withdrawal_request
+from metering.models import FundingRequest, LedgerEntry, UsageEvent
 from pricing.services import instrument_match
 from tests import factories
 from tests.security.routes import Route, api_operations, required_scope, web_pages
@@ -33,7 +34,7 @@ from tests.security.routes import Route, api_operations, required_scope, web_pag
 pytestmark = pytest.mark.django_db
 
 # URL kwargs naming an object that belongs to one account: another account gets 404.
-OWNED_KWARGS = {"order_id", "key_id", "contract_id", "trade_id", "settlement_id", "event_id"}
+OWNED_KWARGS = {"order_id", "key_id", "contract_id", "trade_id", "settlement_id", "event_id", "request_id"}
 # Web pages anyone may open; every other page needs a signed-in user with an account.
 PUBLIC_PAGES = {"web:markets", "web:instrument", "web:order_preview", "web:login", "web:signup"}
 # A marker only the owner's data contains: another account must never see it.
@@ -44,7 +45,8 @@ MARKER = "owner-marker-7f3a9c"
 
 
 @pytest.fixture
-def world(catalog):
+def world(catalog, settings):
+    settings.SANDBOX_FUNDING = True  # the sandbox-credit endpoint answers like any other
     inst = factories.open_instrument(tier="standard", region="cn-west-1")
     owner = factories.AccountFactory(name=f"Owner {MARKER}", slug=f"owner-{MARKER}", is_buyer=True, is_provider=True)
     other = factories.AccountFactory(is_buyer=True, is_provider=True)
@@ -68,7 +70,9 @@ def world(catalog):
     Membership.objects.create(account=owner, user=owner_user, role=Membership.Role.OWNER)
     Membership.objects.create(account=other, user=other_user, role=Membership.Role.OWNER)
     spare_key, _ = services.api_key_create(account=owner, scopes=["read"], name="spare")
+    withdrawal = funding_withdrawal_request(account=owner, amount=Decimal("1.00"), reference=MARKER)
     return {
+        "funding_request": withdrawal,
         "instrument": inst,
         "owner": owner,
         "other": other,
@@ -87,6 +91,7 @@ def fill_route(route: Route, world) -> str:
         "contract_id": world["contract"].pk,
         "trade_id": world["contract"].pk,
         "key_id": world["spare_key"].pk,
+        "request_id": world["funding_request"].pk,
     }
     missing = [k for k in route.kwargs if k not in values]
     assert not missing, f"{route}: teach test_access_matrix.fill_route a value for {missing}"
@@ -110,6 +115,7 @@ def state() -> tuple:
         LedgerEntry.objects.count(),
         UsageEvent.objects.count(),
         sorted(ApiKey.objects.values_list("id", "revoked_at")),
+        sorted(FundingRequest.objects.values_list("id", "status")),
     )
 
 
@@ -118,6 +124,8 @@ def body_for(route: Route, method: str, world) -> dict | None:
         return None
     if route.name == "api:orders":
         return {"instrument": world["instrument"].symbol, "side": "buy", "quantity": 1_000_000, "price": "0.40"}
+    if route.name in FUNDING_CREATE:
+        return {"amount": "1.00"}
     if route.name == "metering:usage":
         contract = Trade.objects.filter(seller=world["owner"]).first()
         return {
@@ -133,6 +141,8 @@ def body_for(route: Route, method: str, world) -> dict | None:
         }
     return {}
 
+
+FUNDING_CREATE = ("metering:funding-deposits", "metering:funding-withdrawals", "metering:funding-sandbox-credit")
 
 # Query strings some GET endpoints need to answer 200 (market data for a given size/hardware).
 QUERIES = {
@@ -169,7 +179,7 @@ def test_api_endpoint_admits_exactly_the_right_callers(world, route, method):
         assert method == "get" and not owned, f"{method.upper()} {route} is public but is not market data"
     path = fill_route(route, world) + (QUERIES.get(route.name, "") if method == "get" else "")
     body = body_for(route, method, world)
-    all_scopes = ["read", "trade", "meter"]
+    all_scopes = ["read", "trade", "meter", "funding"]
 
     # Anonymous and a revoked key: 401 (a bad key is never treated as anonymous).
     callers = [("revoked key", key_client(world["owner"], all_scopes, revoked=True), 401)]
@@ -206,7 +216,7 @@ def test_api_endpoint_admits_exactly_the_right_callers(world, route, method):
     if scope is not None:
         # Private data: the owner's own object is found and the call succeeds.
         assert r.status_code != 404, r.content[:300]
-        if body is None or route.name in ("api:orders", "metering:usage"):
+        if body is None or route.name in ("api:orders", "metering:usage", *FUNDING_CREATE):
             assert 200 <= r.status_code < 300, (r.status_code, r.content[:300])
     if route.name in ("api:orders", "api:order") and method == "get":
         assert MARKER in text(r), "the owner must see its own order"

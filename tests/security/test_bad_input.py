@@ -15,8 +15,9 @@ from django.test import override_settings
 from rest_framework.test import APIClient
 
 from marketplace import services
-from marketplace.models import Order
-from metering.models import LedgerEntry, UsageEvent
+from marketplace.models import ApiKey, Order
+from metering.funding import funding_withdrawal_request
+from metering.models import FundingRequest, LedgerEntry, UsageEvent
 from pricing.services import instrument_match
 from tests import factories
 from tests.security.routes import api_operations
@@ -38,16 +39,24 @@ def trader(catalog):
     factories.place(counterparty, inst, "buy", 2, "1.00")
     instrument_match(instrument_id=inst.pk)
     order = factories.place(account, inst, "buy", 1, "0.50")
-    _, raw = services.api_key_create(account=account, scopes=["read", "trade", "meter"])
+    withdrawal = funding_withdrawal_request(account=account, amount=Decimal("1.00"))
+    _, raw = services.api_key_create(account=account, scopes=list(ApiKey.Scope.values))
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
-    return {"client": client, "instrument": inst, "account": account, "counterparty": counterparty, "order": order}
+    return {
+        "client": client, "instrument": inst, "account": account, "counterparty": counterparty, "order": order,
+        "funding_request": withdrawal,
+    }
 
 
 def path_for(route, trader) -> str:
     import re
 
-    values = {"symbol": trader["instrument"].symbol, "order_id": trader["order"].pk}
+    values = {
+        "symbol": trader["instrument"].symbol,
+        "order_id": trader["order"].pk,
+        "request_id": trader["funding_request"].pk,
+    }
     return "/" + re.sub(r"<(?:\w+:)?(\w+)>", lambda m: str(values.get(m.group(1), 1)), route.route)
 
 
@@ -56,6 +65,7 @@ def state() -> tuple:
         sorted(Order.objects.values_list("id", "status", "filled_quantity")),
         LedgerEntry.objects.count(),
         UsageEvent.objects.count(),
+        FundingRequest.objects.count(),
     )
 
 
