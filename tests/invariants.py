@@ -19,7 +19,7 @@ What is checked:
   the trade's own buyer/seller columns), with the fee terms of the maker/taker rule;
 - escrow: each buyer's escrow balance equals the open commitments: every live buy order's
   reservation for its remaining quantity (`order_reservation`) plus the contract escrow of every
-  unsettled trade (`contract_escrow`);
+  unsettled trade (`contract_escrow`); each withdrawal hold equals the pending withdrawals;
 - usage: no (provider, event_id) twice; each event's billable tokens from its raw counts;
   nothing links an event to a settlement, so "no event counted twice" is checked per pair
   (instrument = delivery period, buyer, provider): the pair's recomputed usage is allocated to
@@ -52,7 +52,7 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from marketplace.models import Instrument, Order, Tier, Trade
-from metering.models import LedgerAccount, LedgerEntry, Settlement, UsageEvent
+from metering.models import FundingRequest, LedgerAccount, LedgerEntry, Settlement, UsageEvent
 
 CENT = Decimal("0.01")
 ZERO = Decimal("0.00")
@@ -128,6 +128,7 @@ def _check_all() -> None:
     _check_books(orders)
     settled = set(Settlement.objects.values_list("trade_id", flat=True))
     _check_escrow(orders, trades, settled, balances)
+    _check_withdrawal_holds(balances)
     _check_usage_and_settlements(orders, trades)
 
 
@@ -252,6 +253,25 @@ def _check_escrow(
         if actual.get(owner, ZERO) != expected.get(owner, ZERO):
             _fail(
                 f"escrow of account {owner} is {actual.get(owner, ZERO)}, open commitments are {expected.get(owner, ZERO)}"
+            )
+
+
+def _check_withdrawal_holds(balances: dict[int, Decimal]) -> None:
+    """Each account's withdrawal hold is exactly its pending withdrawal requests."""
+    expected: dict[int, Decimal] = defaultdict(Decimal)
+    for account_id, amount in FundingRequest.objects.filter(kind="withdrawal", status="pending").values_list(
+        "account_id", "amount"
+    ):
+        expected[account_id] += amount
+    actual = {
+        la.owner_id: balances.get(la.pk, ZERO)
+        for la in LedgerAccount.objects.filter(kind="withdrawal_hold", owner__isnull=False)
+    }
+    for owner in set(expected) | set(actual):
+        if actual.get(owner, ZERO) != expected.get(owner, ZERO):
+            _fail(
+                f"withdrawal hold of account {owner} is {actual.get(owner, ZERO)}, "
+                f"pending withdrawals are {expected.get(owner, ZERO)}"
             )
 
 

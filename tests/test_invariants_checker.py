@@ -18,6 +18,7 @@ from django.db import connection
 from django.db.models import F
 
 from marketplace.models import Hardware, Order, Trade
+from metering.funding import funding_withdrawal_request
 from metering.ledger import ledger_account_ids, ledger_post, system_account
 from metering.models import LedgerAccount, LedgerEntry, LedgerTransaction, Settlement, UsageEvent
 from metering.settlement import instrument_settle
@@ -345,3 +346,26 @@ def test_a_wrong_stored_escrow_on_a_settled_contract_is_caught(market):
     Trade.objects.filter(pk=t.pk).update(buyer_escrow=F("buyer_escrow") + D("0.01"))
     with pytest.raises(AssertionError, match=rf"trade {t.pk} says it holds .* in escrow"):
         assert_invariants()
+
+
+@breaks
+def test_a_withdrawal_hold_that_is_not_the_pending_withdrawals_is_caught(market):
+    """The request stays pending while its hold goes back to available behind its back."""
+    buyer = market["buyer"]
+    request = funding_withdrawal_request(account=buyer, amount="10.00")
+    hold = LedgerAccount.objects.get(owner=buyer, kind="withdrawal_hold")
+    ledger_post(
+        key="broken:hold",
+        kind="withdrawal_release",
+        legs=[(hold.pk, D("-10.00")), (ledger_id(buyer, "available"), D("10.00"))],
+    )
+    assert request.status == "pending"
+    with pytest.raises(
+        AssertionError, match=rf"withdrawal hold of account {buyer.pk} is 0.00, pending withdrawals are 10.00"
+    ):
+        assert_invariants()
+
+
+def test_a_pending_withdrawal_with_its_hold_passes(market):
+    funding_withdrawal_request(account=market["buyer"], amount="10.00")
+    assert_invariants()
