@@ -86,3 +86,58 @@ def buyer_api(buyer):
 @pytest.fixture
 def provider_api(provider):
     return api_client_for(provider, ("read", "trade", "meter"))
+
+
+# --- Invariants after every database test -------------------------------------------------
+# Self-contained: the hook, the fixture and their names belong to this block only.
+
+_DB_FIXTURES = ("db", "transactional_db", "live_server", "django_db_reset_sequences", "django_db_serialized_rollback")
+_TRANSACTIONAL_FIXTURES = ("transactional_db", "live_server", "django_db_reset_sequences")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.when == "call":
+        item._invariants_call_passed = report.passed
+    return report
+
+
+def _uses_database(request) -> tuple[bool, bool]:
+    """(uses the database, in a transactional test)."""
+    marker = request.node.get_closest_marker("django_db")
+    names = set(request.fixturenames)
+    uses = marker is not None or bool(names & set(_DB_FIXTURES))
+    transactional = bool(names & set(_TRANSACTIONAL_FIXTURES)) or bool(
+        marker and (marker.kwargs.get("transaction") or marker.kwargs.get("reset_sequences"))
+    )
+    return uses, transactional
+
+
+@pytest.fixture(autouse=True)
+def _invariants_after_test(request):
+    """Check PRODUCT.md §8's invariants on the final state of every test that used the database.
+
+    The database fixture is set up before this one, so this runs before pytest-django rolls
+    back or flushes. A test that breaks the state on purpose is marked `breaks_invariants`; for
+    it the checker must fail (a marked test whose final state is sound fails here too).
+    """
+    uses, transactional = _uses_database(request)
+    if not uses:
+        yield
+        return
+    request.getfixturevalue("transactional_db" if transactional else "db")
+    # Settings a test changes (fee rates) stay in force until the check has run.
+    request.getfixturevalue("settings")
+    yield
+    if not getattr(request.node, "_invariants_call_passed", False):
+        return  # the test failed, was skipped or never ran: its own report says why
+    from tests.invariants import assert_invariants
+
+    if request.node.get_closest_marker("breaks_invariants"):
+        try:
+            assert_invariants()
+        except AssertionError:
+            return
+        pytest.fail("marked breaks_invariants, but its final state satisfies every invariant")
+    assert_invariants()

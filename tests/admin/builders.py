@@ -50,8 +50,9 @@ def settled_contract(
         "filled_quantity": quantity,
         "pending_match": False,
     }
-    buy = Order.objects.create(account=buyer, side="buy", sequence=seq, **common)
-    sell = Order.objects.create(account=seller, side="sell", sequence=seq + 1, hardware=hw, **common)
+    # The sell rests first, the buy takes it: the buyer pays the taker's 10 bps, the seller 5.
+    sell = Order.objects.create(account=seller, side="sell", sequence=seq, hardware=hw, **common)
+    buy = Order.objects.create(account=buyer, side="buy", sequence=seq + 1, **common)
     last = Trade.objects.filter(instrument=instrument).aggregate(m=Max("match_sequence"))["m"] or 0
     trade = Trade.objects.create(
         instrument=instrument,

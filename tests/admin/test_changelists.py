@@ -79,9 +79,10 @@ def _more_contracts(we, n: int) -> None:
             quantity=2 * M,
             price="2.00",
             delivered=M,
-            value="2.00",
-            buyer_fee="0.01",
-            seller_fee="0.01",
+            # standard tier, unused share 0.25: (1M + 0.25 x 1M) x 2.00 = 2.50; both fees round to 0.00
+            value="2.50",
+            buyer_fee="0.00",
+            seller_fee="0.00",
             escrow="4.01",
         )
         usage(instrument=we.i1 if i % 2 else we.i3, provider=we.p1 if i % 3 else we.p2, buyer=buyer, billable=M)

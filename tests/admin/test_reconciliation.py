@@ -33,6 +33,7 @@ def test_clean_books_reconcile(worked_example):
     assert rec.unbalanced_transactions.count == rec.balance_mismatches.count == 0
 
 
+@pytest.mark.breaks_invariants
 def test_escrow_split_break_is_flagged(staff_client, worked_example):
     # c3 held 32.04 in escrow; pretend it held a cent more than payout + fees + refund.
     Trade.objects.filter(pk=worked_example.c3.pk).update(buyer_escrow=Decimal("32.05"))
@@ -60,6 +61,7 @@ def test_escrow_split_break_is_flagged(staff_client, worked_example):
     assert "breaks found" in html
 
 
+@pytest.mark.breaks_invariants
 def test_usage_not_matching_settlement_is_flagged(staff_client, worked_example):
     we = worked_example
     # A late event counted for b1<-p1 on i1 after the pair settled: counted 9M, settled 8M + 0.
@@ -101,6 +103,7 @@ def test_unsettled_pairs_are_not_breaks(worked_example, provider, buyer):
     assert reports.reconciliation_get().usage_breaks.count == 0
 
 
+@pytest.mark.breaks_invariants
 def test_unbalanced_ledger_is_flagged(staff_client, worked_example):
     # Written around the ledger service: one leg, no balance update. PostgreSQL's deferred
     # trigger would refuse it at commit (and at the test's constraint check), so the test
@@ -127,6 +130,7 @@ def test_unbalanced_ledger_is_flagged(staff_client, worked_example):
     assert reverse("admin:metering_ledgeraccount_change", args=[fees.pk]) in html
 
 
+@pytest.mark.breaks_invariants
 def test_breaks_are_capped_but_counted(worked_example):
     Trade.objects.update(buyer_escrow=Decimal("999.99"))
     rec = reports.reconciliation_get(limit=2)

@@ -10,6 +10,7 @@ from rest_framework.test import APIClient
 
 from marketplace.models import InstrumentBook, Trade
 from pricing.selectors import instrument_candles, instrument_stats
+from pricing.services import instrument_match
 from tests import factories
 
 pytestmark = pytest.mark.django_db
@@ -24,25 +25,18 @@ def at(hh, mm, ss=0, day=DAY):
 
 @pytest.fixture
 def market(instrument, buyer, provider):
-    """Two large orders (not matched) that synthetic trades can point at."""
-    buy = factories.place(buyer, instrument, "buy", 100, "9.00")
-    sell = factories.place(provider, instrument, "sell", 100, "0.10")
-    seq = iter(range(1, 1000))
+    """Real fills (a resting order taken by a crossing one, matched), dated `when` afterwards."""
 
-    def trade(when, price, mtok, aggressor="buy", hardware=None):
-        return Trade.objects.create(
-            instrument=instrument,
-            buy_order=buy,
-            sell_order=sell,
-            buyer=buy.account,
-            seller=sell.account,
-            hardware_id=sell.hardware_id,
-            quantity=mtok * 1_000_000,
-            price=D(price),
-            aggressor_side=aggressor,
-            match_sequence=next(seq),
-            executed_at=when,
-        )
+    def trade(when, price, mtok, aggressor="buy", hardware="h100"):
+        maker, taker = ("sell", "buy") if aggressor == "buy" else ("buy", "sell")
+        accounts = {"buy": buyer, "sell": provider}
+        for side in (maker, taker):
+            kw = {"hardware": hardware} if side == "sell" else {}
+            factories.place(accounts[side], instrument, side, mtok, price, **kw)
+        instrument_match(instrument_id=instrument.pk)
+        fill = Trade.objects.filter(instrument=instrument).latest("match_sequence")
+        Trade.objects.filter(pk=fill.pk).update(executed_at=when)
+        return fill
 
     return trade
 

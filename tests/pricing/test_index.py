@@ -12,6 +12,7 @@ from rest_framework.test import APIClient
 from marketplace.models import Trade
 from pricing.index import index_publish
 from pricing.models import IndexValue
+from pricing.services import instrument_match
 from pricing.tasks import index_publish as index_publish_task
 from tests import factories
 
@@ -28,35 +29,19 @@ def t(day, hh=12):
 
 @pytest.fixture
 def trades(catalog, buyer, provider):
-    """Synthetic trades on several books; each call adds one."""
-    seq: dict[int, int] = {}
-    orders: dict[int, tuple] = {}
+    """Real fills on several books (a resting sell taken by a buy, matched), dated `when` afterwards."""
 
     def trade(tier, region, when, price, mtok, hardware="h100", delivery_offset=1):
         # The books deliver in the future (they take orders); the trades are dated in the past.
         inst = factories.open_instrument(
             tier=tier, region=region, day=timezone.now().date() + dt.timedelta(days=delivery_offset)
         )
-        if inst.pk not in orders:
-            orders[inst.pk] = (
-                factories.place(buyer, inst, "buy", 1, "9.00"),
-                factories.place(provider, inst, "sell", 1, "0.10", hardware=hardware),
-            )
-        b, s = orders[inst.pk]
-        seq[inst.pk] = seq.get(inst.pk, 0) + 1
-        return Trade.objects.create(
-            instrument=inst,
-            buy_order=b,
-            sell_order=s,
-            buyer=b.account,
-            seller=s.account,
-            hardware_id=s.hardware_id,
-            quantity=mtok * 1_000_000,
-            price=D(price),
-            aggressor_side="buy",
-            match_sequence=seq[inst.pk],
-            executed_at=when,
-        )
+        factories.place(provider, inst, "sell", mtok, price, hardware=hardware)
+        factories.place(buyer, inst, "buy", mtok, price)
+        instrument_match(instrument_id=inst.pk)
+        fill = Trade.objects.filter(instrument=inst).latest("match_sequence")
+        Trade.objects.filter(pk=fill.pk).update(executed_at=when)
+        return fill
 
     return trade
 
