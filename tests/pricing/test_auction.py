@@ -45,11 +45,12 @@ def sell(oid, price, qty, acct=None, hw="h100", seq=None):
 
 def test_textbook_cross_clears_at_the_max_volume_price():
     # Demand at p: buys with limit >= p; supply: sells with limit <= p.
-    #   p     demand supply volume
-    #   1.90    30     5     5
-    #   2.00    30    15    15
-    #   2.10    20    15    15   <- same volume, imbalance 5 beats 15 at 2.00
-    #   2.20    10    30    10
+    #   p            demand supply volume
+    #   1.90           30     5     5
+    #   2.00           30    15    15
+    #   2.01 .. 2.09   20    15    15   <- same volume, imbalance 5 beats 15 at 2.00; lowest: 2.01
+    #   2.10           20    15    15   <- ties with 2.01..2.09 (wins only with a reference >= 2.10)
+    #   2.20           10    30    10
     orders = [
         buy(1, "2.20", 10),
         buy(2, "2.10", 10),
@@ -59,8 +60,10 @@ def test_textbook_cross_clears_at_the_max_volume_price():
         sell(6, "2.20", 15),
     ]
     result = clear(orders)
-    assert (result.price, result.volume, result.demand, result.supply) == (D("2.10"), 15, 20, 15)
+    assert (result.price, result.volume, result.demand, result.supply) == (D("2.01"), 15, 20, 15)
     assert result.imbalance == 5
+    assert clear(orders, reference_price=D("2.05")).price == D("2.05")
+    assert clear(orders, reference_price=D("2.15")).price == D("2.10")
     # Buy 1 (best limit) fills in full, buy 2 gets the last 5: rationing by priority.
     assert result.filled == {1: 10, 2: 5, 4: 5, 5: 10}
     assert sum(f.quantity for f in result.fills) == 15
@@ -84,8 +87,8 @@ def test_the_reference_wins_inside_a_gap_and_otherwise_the_lower_price():
     #   2.10, 2.50    10     15     10      5
     result = clear(orders, reference_price=D("2.00"))
     assert (result.price, result.volume, result.imbalance) == (D("2.00"), 10, 0)
-    # Without a reference no candidate lies in the gap; all tie at |imbalance| 5: the lowest wins.
-    assert clear(orders).price == D("1.50")
+    # Without a reference the lowest tick of the balanced gap wins.
+    assert (clear(orders).price, clear(orders).imbalance) == (D("1.91"), 0)
 
 
 def test_empty_cross_trades_nothing():
@@ -211,6 +214,50 @@ def test_property_limits_respected_and_volume_is_the_maximum_at_any_single_price
                 seen_short.add(key)
 
 
+def _brute_clearing(orders, ref, tick=D("0.01")):
+    """The documented price rule by exhaustion: every tick from the lowest to the highest limit
+    (no price outside has both a buy and a sell), ranked by max volume, then least |demand -
+    supply|, then distance to the reference, then the lower price. None when nothing can trade."""
+    limits = [o.price for o in orders]
+    lo, hi = min(limits), max(limits)
+    best = None
+    for k in range(int((hi - lo) / tick) + 1):
+        p = lo + tick * k
+        volume = _brute_volume(orders, p)
+        if not volume:
+            continue
+        demand = sum(o.quantity for o in orders if o.side == BUY and o.price >= p)
+        supply = sum(o.quantity for o in orders if o.side == SELL and o.price <= p)
+        key = (-volume, abs(demand - supply), abs(p - ref) if ref is not None else 0, p)
+        if best is None or key < best[0]:
+            best = (key, p, volume, demand, supply)
+    return None if best is None else best[1:]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(auction_books())
+def test_property_clearing_price_is_the_best_tick_by_volume_then_imbalance_then_reference(book):
+    orders, ref = book
+    want = _brute_clearing(orders, ref)
+    for result in (clearing_price(orders, reference_price=ref), clear(orders, reference_price=ref)):
+        if want is None:
+            assert result.price is None and result.volume == 0
+        else:
+            assert (result.price, result.volume, result.demand, result.supply) == want
+
+
+def test_a_price_between_two_limits_wins_when_it_has_less_imbalance():
+    # Buy 10 @ 2.00, buy 5 @ 1.00, sell 10 @ 1.00. Volume 10 at every price in [1.00, 2.00];
+    # at 1.00 demand 15 / supply 10 (imbalance 5); above 1.00 the buy at 1.00 drops out: 0.
+    orders = [buy(1, "2.00", 10), buy(2, "1.00", 5), sell(3, "1.00", 10)]
+    assert (clear(orders).price, clear(orders).imbalance) == (D("1.01"), 0)  # lowest balanced tick
+    assert clear(orders, reference_price=D("1.40")).price == D("1.40")
+    assert clear(orders, reference_price=D("2.60")).price == D("2.00")
+    assert clear(orders, reference_price=D("0.50")).price == D("1.01")
+    # With a tick of 0.05 the interior candidate is 1.05.
+    assert clear(orders, tick=D("0.05")).price == D("1.05")
+
+
 def test_indicative_price_equals_the_clearing_price():
     orders = [buy(1, "2.20", 10), buy(2, "2.10", 10), sell(3, "1.90", 5), sell(4, "2.00", 10)]
     indicative = clearing_price(orders)
@@ -232,7 +279,8 @@ def test_orders_collect_during_the_auction_and_clear_at_one_price(instrument, bu
     p2 = _provider()
     b1 = factories.place(buyer, instrument, "buy", 10, "2.20")
     b2 = factories.place(other_buyer, instrument, "buy", 10, "2.10")
-    b3 = factories.place(buyer, instrument, "buy", 10, "2.00")
+    # (b3 at 2.09, not the textbook's 2.00, so that 2.10 is the only best price: see above.)
+    b3 = factories.place(buyer, instrument, "buy", 10, "2.09")
     s1 = factories.place(provider, instrument, "sell", 5, "1.90")
     s2 = factories.place(p2, instrument, "sell", 10, "2.00")
     s3 = factories.place(provider, instrument, "sell", 15, "2.20")
