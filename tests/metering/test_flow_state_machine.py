@@ -186,6 +186,32 @@ class MoneyFlow(RuleBasedStateMachine):
 
     # --- usage --------------------------------------------------------------------------
 
+    @precondition(lambda self: Trade.objects.filter(instrument=self.inst).exists())
+    @rule(data=st.data(), fraction=st.sampled_from(["0.2", "0.6", "1", "1.4", "2.5"]), k=st.integers(1, 3))
+    def deliver(self, data, fraction: str, k: int) -> None:
+        """Valid usage on a real contract, sized against the pair's contracted quantity: some
+        leave capacity unused, some exactly fill it, some run into overage."""
+        pairs = sorted(set(Trade.objects.filter(instrument=self.inst).values_list("buyer_id", "seller_id")))
+        buyer_id, provider_id = data.draw(st.sampled_from(pairs), label="pair")
+        buyer = next(a for a in self.buyers if a.pk == buyer_id)
+        provider = next(a for a in self.providers if a.pk == provider_id)
+        contracted = sum(Trade.objects.filter(instrument=self.inst, buyer=buyer, seller=provider).values_list(
+            "quantity", flat=True))  # fmt: skip
+        per_event = int(contracted * Decimal(fraction)) // k
+        now = timezone.now()
+        batch, expected = [], []
+        for _ in range(k):
+            self.serial += 1
+            eid = f"e{self.serial}"
+            payload = (buyer.slug, self.inst.symbol, (now + dt.timedelta(seconds=1)).isoformat(), per_event, 0, 0)
+            batch.append({"event_id": eid, "buyer": buyer.slug, "instrument": self.inst.symbol, "timestamp": payload[2],
+                          "usage": {"prompt_tokens": per_event, "completion_tokens": 0}})  # fmt: skip
+            expected.append(self._predict(provider, eid, payload, now))
+        report = usage_ingest(provider=provider, events=batch, now=now)
+        assert [(r.status, r.reason or None) for r in report.results] == expected
+        assert {status for status, _ in expected} == {"accepted"}
+        reached("usage accepted")
+
     @rule(
         data=st.data(),
         who=st.integers(0, 1),
