@@ -183,3 +183,27 @@ def test_accepts():
     assert order(1, BUY, "1", 1).accepts("h100")
     assert order(1, BUY, "1", 1, allowed={"b200"}).accepts("b200")
     assert not order(1, BUY, "1", 1, allowed={"b200"}).accepts("h100")
+
+
+def test_fok_walks_the_queues_of_all_hardware_in_price_then_time_priority():
+    # The buyer's own ask is the oldest and the dearest: a FOK for 5 is fillable from the two
+    # better asks of others (1.00 then 1.05) and must never reach its own.
+    asks = [order(1, SELL, "1.10", 2, account=9, hw="b200"), order(2, SELL, "1.00", 2, hw="h100"),
+            order(3, SELL, "1.05", 3, hw="h200")]  # fmt: skip
+    book = OrderBook(asks)
+    r = book.submit(order(4, BUY, "1.10", 5, tif=FOK, account=9))
+    assert (r.outcome, [(f.maker_id, f.quantity) for f in r.fills]) == (engine.FILLED, [(2, 2), (3, 3)])
+    # At one price the older order comes first across queues: the other's older h100 ask fills
+    # the FOK; the buyer's own, newer b200 ask at the same price is not reached.
+    book = OrderBook([order(1, SELL, "1.00", 3, hw="h100"), order(2, SELL, "1.00", 3, account=9, hw="b200")])
+    assert book.submit(order(3, BUY, "1.00", 3, tif=FOK, account=9)).outcome == engine.FILLED
+    book = OrderBook([order(1, SELL, "1.00", 3, account=9, hw="b200"), order(2, SELL, "1.00", 3, hw="h100")])
+    assert book.submit(order(3, BUY, "1.00", 3, tif=FOK, account=9)).reason == engine.REASON_FOK
+    # The same for a FOK sell across bid queues of different accepted-hardware sets.
+    bids = [order(1, BUY, "0.90", 2, account=9), order(2, BUY, "1.00", 2, allowed={"h100"}),
+            order(3, BUY, "0.95", 3, allowed={"h100", "b200"})]  # fmt: skip
+    book = OrderBook(bids)
+    r = book.submit(order(4, SELL, "0.90", 5, tif=FOK, account=9))
+    assert (r.outcome, [(f.maker_id, f.quantity) for f in r.fills]) == (engine.FILLED, [(2, 2), (3, 3)])
+    book = OrderBook([order(1, BUY, "1.00", 3), order(2, BUY, "1.00", 3, account=9, allowed={"h100"})])
+    assert book.submit(order(3, SELL, "1.00", 3, tif=FOK, account=9)).outcome == engine.FILLED
