@@ -41,12 +41,15 @@ def main() -> int:
             tally["total"] += 1
             if code in KILLED:
                 tally["killed"] += 1
+            elif code is None:
+                tally["not checked"] += 1
             else:
                 survivors.append((name, code))
     killed = sum(t["killed"] for t in per_file.values())
     total = sum(t["total"] for t in per_file.values())
     for source, t in per_file.items():
-        print(f"{source:28} {t['killed']:4} / {t['total']:4} killed  {t['killed'] / t['total']:.1%}")
+        unchecked = f"  ({t['not checked']} not run yet)" if t["not checked"] else ""
+        print(f"{source:28} {t['killed']:4} / {t['total']:4} killed  {t['killed'] / t['total']:.1%}{unchecked}")
     print(f"{'total':28} {killed:4} / {total:4} killed  {killed / max(total, 1):.1%}")
     for name, code in survivors:
         print(f"  survived (exit {code}): {name}   (mutmut show '{name}')")

@@ -131,7 +131,7 @@ def test_fok_fills_exactly_the_available_quantity_and_refuses_one_lot_more():
 def test_post_only_rests_unless_it_would_cross_even_at_an_equal_price():
     book = OrderBook([order(1, SELL, "1.20", 5)])
     r = book.submit(order(2, BUY, "1.20", 1, tif=POST_ONLY))
-    assert (r.outcome, r.reason, r.fills) == (engine.REJECTED, engine.REASON_POST_ONLY, [])
+    assert (r.order.id, r.outcome, r.reason, r.fills) == (2, engine.REJECTED, engine.REASON_POST_ONLY, [])
     r = book.submit(order(3, BUY, "1.19", 1, tif=POST_ONLY))
     assert (r.outcome, r.reason) == (engine.RESTED, "") and book.best_bid() == D("1.19")
     r = book.submit(order(4, SELL, "1.19", 1, tif=POST_ONLY))
@@ -153,12 +153,16 @@ def test_self_trade_prevention_leaves_the_resting_order_and_the_earlier_fills():
 
 def test_refused_submissions_change_nothing():
     book = OrderBook([order(1, SELL, "1.00", 2)])
-    with pytest.raises(ValueError, match="already in the book"):
+    with pytest.raises(ValueError, match=r"^order 1 is already in the book$"):
         book.submit(order(1, BUY, "1.00", 1))
-    with pytest.raises(ValueError, match="positive quantity"):
+    with pytest.raises(ValueError, match=r"^an order needs a positive quantity$"):
         book.submit(order(2, BUY, "1.00", 0))
     with pytest.raises(ValueError):
         book.submit(order(3, BUY, "1.00", -1))
+    no_hardware = order(4, SELL, "1.00", 1)
+    no_hardware.hardware = None
+    with pytest.raises(AssertionError, match=r"^a sell order names its hardware$"):
+        book.submit(no_hardware)
     assert resting(book) == [(1, 2)]
 
 
