@@ -112,7 +112,7 @@ def test_fok_fills_exactly_the_available_quantity_and_refuses_one_lot_more():
 
     book = OrderBook(asks())
     r = book.submit(order(4, BUY, "1.05", 6, tif=FOK))
-    assert (r.outcome, r.reason, r.fills) == (engine.CANCELLED, engine.REASON_FOK, [])
+    assert (r.order.id, r.order.remaining, r.outcome, r.reason, r.fills) == (4, 6, engine.CANCELLED, engine.REASON_FOK, [])
     assert resting(book) == [(1, 2), (2, 3), (3, 9)]
     r = book.submit(order(5, BUY, "1.05", 5, tif=FOK))
     assert (r.outcome, r.filled) == (engine.FILLED, 5) and resting(book) == [(3, 9)]
@@ -133,7 +133,7 @@ def test_post_only_rests_unless_it_would_cross_even_at_an_equal_price():
     r = book.submit(order(2, BUY, "1.20", 1, tif=POST_ONLY))
     assert (r.order.id, r.outcome, r.reason, r.fills) == (2, engine.REJECTED, engine.REASON_POST_ONLY, [])
     r = book.submit(order(3, BUY, "1.19", 1, tif=POST_ONLY))
-    assert (r.outcome, r.reason) == (engine.RESTED, "") and book.best_bid() == D("1.19")
+    assert (r.order.id, r.outcome, r.reason) == (3, engine.RESTED, "") and book.best_bid() == D("1.19")
     r = book.submit(order(4, SELL, "1.19", 1, tif=POST_ONLY))
     assert r.outcome == engine.REJECTED
     assert book.submit(order(5, SELL, "1.21", 1, tif=POST_ONLY)).outcome == engine.RESTED
