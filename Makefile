@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 ADDR ?= 127.0.0.1:8000
 
-.PHONY: run test install migrate seed lint bench-match bench-candles bench-auction clean
+.PHONY: run test install migrate seed lint mutation bench-match bench-candles bench-auction clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ test: install
 
 lint: install
 	$(BIN)/ruff check .
+
+# Mutation score of money.py, settlement allocation/amounts, billable tokens and the engine, with
+# the fast SQLite tests (README "Mutation score"). Slow (tens of minutes on 2 cores): run it alone.
+mutation: install
+	rm -rf mutants
+	$(BIN)/python tests/mutation_score.py
 
 bench-match: install
 	$(BIN)/python bench/match.py

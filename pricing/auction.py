@@ -9,11 +9,13 @@ Rules (PRODUCT.md §3, docs/readme/pricing.md "Day-ahead call auction"):
    by (allowed-hardware set, account when the account also sells), sells by (hardware, account
    when the account also buys); orders in one group are interchangeable, so the flow network
    has a handful of nodes however many orders there are, and max-flow on it is exact.
-2. Price. The clearing price maximizes V(p); ties are broken by the least absolute imbalance
-   |demand(p) - supply(p)| (eligible quantities), then by the distance to the reference price,
-   then by the lower price. Candidates are the orders' limit prices plus the reference price
-   when it lies between them: V and the imbalance are constant between consecutive limits, so
-   no other price can win. No positive volume at any price means no cross: nothing trades.
+2. Price. The clearing price (a multiple of the tick) maximizes V(p); ties are broken by the
+   least absolute imbalance |demand(p) - supply(p)| (eligible quantities), then by the distance
+   to the reference price, then by the lower price. Candidates are the orders' limit prices, the
+   first and last tick strictly between each two consecutive limits, and the reference price
+   when it lies between them: V and the imbalance are constant strictly between consecutive
+   limits (where they can be better than at either end), so no other price can win. No
+   positive volume at any price means no cross: nothing trades.
 3. Allocation. Everyone trades at the clearing price. Who fills is decided in price-time
    priority (better limit first, then lower sequence number): buys are taken one after another,
    each filled as much as possible while every earlier buy keeps its fill (an augmenting path
@@ -279,10 +281,18 @@ def clearing_price(
     dual = _dual_accounts(buys + sells)
     buy_el = _Eligible(buys, lambda o: _buy_group(o, dual))
     sell_el = _Eligible(sells, lambda o: _sell_group(o, dual))
-    limits = {o.price for o in buys} | {o.price for o in sells}
-    candidates = sorted(limits)
-    if ref is not None and candidates[0] < ref < candidates[-1] and ref not in limits:
-        candidates.append(ref)
+    limits = sorted({o.price for o in buys} | {o.price for o in sells})
+    # Strictly between two consecutive limits a < b, V and the imbalance are constant but differ
+    # from both ends (the buys at a and the sells at b drop out), so the gap can win on imbalance.
+    # Its best tick is the reference if inside, else the tick nearest the reference: a + tick or
+    # b - tick (a + tick without a reference: the lower price).
+    candidates = set(limits)
+    for a, b in zip(limits, limits[1:], strict=False):
+        if b - a > tick:
+            candidates.update((a + tick, b - tick))
+    if ref is not None and limits[0] < ref < limits[-1]:
+        candidates.add(ref)
+    candidates = sorted(candidates)
     # min(demand, supply) bounds the volume: evaluate the most promising prices first and skip
     # any whose bound is below the best volume found (they cannot win, not even a tie).
     bounded = []

@@ -27,13 +27,14 @@ from django.utils import timezone
 from marketplace.models import Instrument, Trade
 from metering.ledger import ledger_accounts_ensure
 from metering.models import LedgerTransaction, Settlement, UsageEvent
-from metering.settlement import allocate, settlement_amounts, settlements_run_due
+from metering.settlement import settlements_run_due
 from metering.usage import usage_ingest
 from tests import factories, workers
 from tests.conftest import api_client_for
 from tests.invariants import assert_invariants
 from tests.workers import celery_workers  # noqa: F401, F811 (fixture)
 
+from . import reference
 from .builders import contract, event, spot_instrument
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -63,30 +64,27 @@ def _make_due(inst: Instrument) -> None:
 
 
 def _expected(trades: list[Trade]) -> dict[int, Decimal]:
-    """What each contract must pay, from the pure rules and the usage actually stored."""
-    out = {}
-    pairs: dict[tuple[int, int, int], list[Trade]] = {}
+    """What each contract must pay: the independent reference (tests/metering/reference.py) on
+    the contracts' terms and the billable tokens recomputed from each stored event's raw counts."""
     for t in trades:
         t.refresh_from_db()
-        pairs.setdefault((t.instrument_id, t.buyer_id, t.seller_id), []).append(t)
-    for (inst_id, buyer_id, seller_id), group in pairs.items():
-        group.sort(key=lambda t: t.match_sequence)
-        used = sum(
-            UsageEvent.objects.filter(instrument_id=inst_id, buyer_id=buyer_id, provider_id=seller_id).values_list(
-                "billable_tokens", flat=True
-            )
-        )
-        delivered, _ = allocate(usage=used, quantities=[t.quantity for t in group])
-        for t, d in zip(group, delivered, strict=True):
-            out[t.pk] = settlement_amounts(
-                quantity=t.quantity,
-                delivered=d,
-                price=t.price,
-                unused_share=t.instrument.tier.unused_capacity_share,
-                buyer_fee_bps=t.buyer_fee_bps,
-                seller_fee_bps=t.seller_fee_bps,
-                buyer_escrow=t.buyer_escrow,
-            ).value
+    contracts = [
+        reference.Contract(t.pk, (t.instrument_id, t.buyer_id, t.seller_id), t.match_sequence, t.quantity, t.price,
+                           t.buyer_fee_bps, t.seller_fee_bps, t.buyer_escrow)  # fmt: skip
+        for t in trades
+    ]
+    usage: dict[tuple, int] = {}
+    for e in UsageEvent.objects.select_related("instrument__tier"):
+        tier = e.instrument.tier
+        tokens = reference.billable(prompt=e.input_tokens, cached=e.cached_input_tokens, completion=e.output_tokens,
+                                    cached_weight=tier.cached_input_weight, output_weight=tier.output_token_weight)  # fmt: skip
+        key = (e.instrument_id, e.buyer_id, e.provider_id)
+        usage[key] = usage.get(key, 0) + tokens
+    out = {}
+    for inst_id in {t.instrument_id for t in trades}:
+        share = next(t for t in trades if t.instrument_id == inst_id).instrument.tier.unused_capacity_share
+        pays, _ = reference.settle([c for c in contracts if c.pair[0] == inst_id], usage, share)
+        out.update({k: p.value for k, p in pays.items()})
     return out
 
 

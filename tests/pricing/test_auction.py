@@ -8,6 +8,7 @@ from collections import defaultdict
 from decimal import Decimal
 
 import pytest
+from django.conf import settings as settings_
 from django.utils import timezone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -25,9 +26,11 @@ from pricing.services import (
     auctions_clear_due,
     auctions_open_due,
     instrument_match,
+    max_fee_bps,
 )
 from tests import factories
 from tests.invariants import assert_invariants
+from tests.metering import reference
 
 D = Decimal
 
@@ -45,11 +48,12 @@ def sell(oid, price, qty, acct=None, hw="h100", seq=None):
 
 def test_textbook_cross_clears_at_the_max_volume_price():
     # Demand at p: buys with limit >= p; supply: sells with limit <= p.
-    #   p     demand supply volume
-    #   1.90    30     5     5
-    #   2.00    30    15    15
-    #   2.10    20    15    15   <- same volume, imbalance 5 beats 15 at 2.00
-    #   2.20    10    30    10
+    #   p            demand supply volume
+    #   1.90           30     5     5
+    #   2.00           30    15    15
+    #   2.01 .. 2.09   20    15    15   <- same volume, imbalance 5 beats 15 at 2.00; lowest: 2.01
+    #   2.10           20    15    15   <- ties with 2.01..2.09 (wins only with a reference >= 2.10)
+    #   2.20           10    30    10
     orders = [
         buy(1, "2.20", 10),
         buy(2, "2.10", 10),
@@ -59,8 +63,10 @@ def test_textbook_cross_clears_at_the_max_volume_price():
         sell(6, "2.20", 15),
     ]
     result = clear(orders)
-    assert (result.price, result.volume, result.demand, result.supply) == (D("2.10"), 15, 20, 15)
+    assert (result.price, result.volume, result.demand, result.supply) == (D("2.01"), 15, 20, 15)
     assert result.imbalance == 5
+    assert clear(orders, reference_price=D("2.05")).price == D("2.05")
+    assert clear(orders, reference_price=D("2.15")).price == D("2.10")
     # Buy 1 (best limit) fills in full, buy 2 gets the last 5: rationing by priority.
     assert result.filled == {1: 10, 2: 5, 4: 5, 5: 10}
     assert sum(f.quantity for f in result.fills) == 15
@@ -84,8 +90,8 @@ def test_the_reference_wins_inside_a_gap_and_otherwise_the_lower_price():
     #   2.10, 2.50    10     15     10      5
     result = clear(orders, reference_price=D("2.00"))
     assert (result.price, result.volume, result.imbalance) == (D("2.00"), 10, 0)
-    # Without a reference no candidate lies in the gap; all tie at |imbalance| 5: the lowest wins.
-    assert clear(orders).price == D("1.50")
+    # Without a reference the lowest tick of the balanced gap wins.
+    assert (clear(orders).price, clear(orders).imbalance) == (D("1.91"), 0)
 
 
 def test_empty_cross_trades_nothing():
@@ -211,6 +217,50 @@ def test_property_limits_respected_and_volume_is_the_maximum_at_any_single_price
                 seen_short.add(key)
 
 
+def _brute_clearing(orders, ref, tick=D("0.01")):
+    """The documented price rule by exhaustion: every tick from the lowest to the highest limit
+    (no price outside has both a buy and a sell), ranked by max volume, then least |demand -
+    supply|, then distance to the reference, then the lower price. None when nothing can trade."""
+    limits = [o.price for o in orders]
+    lo, hi = min(limits), max(limits)
+    best = None
+    for k in range(int((hi - lo) / tick) + 1):
+        p = lo + tick * k
+        volume = _brute_volume(orders, p)
+        if not volume:
+            continue
+        demand = sum(o.quantity for o in orders if o.side == BUY and o.price >= p)
+        supply = sum(o.quantity for o in orders if o.side == SELL and o.price <= p)
+        key = (-volume, abs(demand - supply), abs(p - ref) if ref is not None else 0, p)
+        if best is None or key < best[0]:
+            best = (key, p, volume, demand, supply)
+    return None if best is None else best[1:]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(auction_books())
+def test_property_clearing_price_is_the_best_tick_by_volume_then_imbalance_then_reference(book):
+    orders, ref = book
+    want = _brute_clearing(orders, ref)
+    for result in (clearing_price(orders, reference_price=ref), clear(orders, reference_price=ref)):
+        if want is None:
+            assert result.price is None and result.volume == 0
+        else:
+            assert (result.price, result.volume, result.demand, result.supply) == want
+
+
+def test_a_price_between_two_limits_wins_when_it_has_less_imbalance():
+    # Buy 10 @ 2.00, buy 5 @ 1.00, sell 10 @ 1.00. Volume 10 at every price in [1.00, 2.00];
+    # at 1.00 demand 15 / supply 10 (imbalance 5); above 1.00 the buy at 1.00 drops out: 0.
+    orders = [buy(1, "2.00", 10), buy(2, "1.00", 5), sell(3, "1.00", 10)]
+    assert (clear(orders).price, clear(orders).imbalance) == (D("1.01"), 0)  # lowest balanced tick
+    assert clear(orders, reference_price=D("1.40")).price == D("1.40")
+    assert clear(orders, reference_price=D("2.60")).price == D("2.00")
+    assert clear(orders, reference_price=D("0.50")).price == D("1.01")
+    # With a tick of 0.05 the interior candidate is 1.05.
+    assert clear(orders, tick=D("0.05")).price == D("1.05")
+
+
 def test_indicative_price_equals_the_clearing_price():
     orders = [buy(1, "2.20", 10), buy(2, "2.10", 10), sell(3, "1.90", 5), sell(4, "2.00", 10)]
     indicative = clearing_price(orders)
@@ -219,6 +269,13 @@ def test_indicative_price_equals_the_clearing_price():
 
 
 # --- clearing in the database -------------------------------------------------------------------
+
+
+def _contract_escrow(trade):
+    """Full value at the clearing price plus the buyer's fee (the later order of a pair is the taker)."""
+    buyer_is_taker = trade.buy_order.sequence > trade.sell_order.sequence
+    fee = settings_.TAKER_FEE_BPS if buyer_is_taker else settings_.MAKER_FEE_BPS
+    return reference.contract_escrow(quantity=trade.quantity, price=trade.price, fee_bps=fee)
 
 
 def _provider():
@@ -232,7 +289,8 @@ def test_orders_collect_during_the_auction_and_clear_at_one_price(instrument, bu
     p2 = _provider()
     b1 = factories.place(buyer, instrument, "buy", 10, "2.20")
     b2 = factories.place(other_buyer, instrument, "buy", 10, "2.10")
-    b3 = factories.place(buyer, instrument, "buy", 10, "2.00")
+    # (b3 at 2.09, not the textbook's 2.00, so that 2.10 is the only best price: see above.)
+    b3 = factories.place(buyer, instrument, "buy", 10, "2.09")
     s1 = factories.place(provider, instrument, "sell", 5, "1.90")
     s2 = factories.place(p2, instrument, "sell", 10, "2.00")
     s3 = factories.place(provider, instrument, "sell", 15, "2.20")
@@ -264,8 +322,9 @@ def test_orders_collect_during_the_auction_and_clear_at_one_price(instrument, bu
         (0, "open"),
     ]
     # Escrow: b1 reserved 10 lots at its 2.20 limit; it now holds only its contracts at 2.10.
-    held = sum(t.buyer_escrow for t in trades if t.buyer_id == buyer.pk)
-    b3_reserve = 10 * b3.reserve_per_lot
+    # (Amounts by the documented reservation rule, tests/metering/reference.py, not stored figures.)
+    held = sum(_contract_escrow(t) for t in trades if t.buyer_id == buyer.pk)
+    b3_reserve = 10 * reference.reserve_per_lot(lot_size=instrument.lot_size, price=D("2.09"), max_fee_bps=max_fee_bps())
     assert balances_get(account=buyer)["escrow"] == held + b3_reserve
     assert_invariants()
 
@@ -321,7 +380,7 @@ def test_ioc_remainders_are_cancelled_and_fok_waits_for_continuous_trading(instr
     fok.refresh_from_db()
     assert (ioc.filled_quantity, ioc.status, ioc.status_reason) == (4_000_000, "cancelled", "ioc_remainder")
     assert (fok.filled_quantity, fok.status, fok.pending_match) == (0, "open", True)
-    assert balances_get(account=buyer)["escrow"] == sum(t.buyer_escrow for t in Trade.objects.filter(buyer=buyer))
+    assert balances_get(account=buyer)["escrow"] == sum(_contract_escrow(t) for t in Trade.objects.filter(buyer=buyer))
     assert_invariants()
     # Continuous trading: nothing left to sell, so the FOK is killed.
     instrument_match(instrument_id=instrument.pk)
