@@ -134,7 +134,11 @@ def test_deposit_and_withdraw_move_available_through_the_ledger():
     assert sorted(txn.entries.values_list("amount", flat=True)) == [Decimal("-1500.25"), Decimal("1500.25")]
     out = run("withdraw", acct.slug, "500.25")
     assert "available 1000.00" in out
-    assert balances_get(account=acct) == {"available": Decimal("1000.00"), "escrow": Decimal("0.00"), "owed": Decimal("0.00")}
+    assert balances_get(account=acct) == {
+        "available": Decimal("1000.00"),
+        "escrow": Decimal("0.00"),
+        "owed": Decimal("0.00"),
+    }
     assert LedgerTransaction.objects.filter(kind=LedgerTransaction.Kind.WITHDRAWAL).count() == 1
     # By name works as well as by slug.
     run("deposit", acct.name, "1.00")
@@ -144,7 +148,8 @@ def test_deposit_and_withdraw_move_available_through_the_ledger():
 @pytest.mark.django_db
 @pytest.mark.parametrize("command", ["deposit", "withdraw"])
 @pytest.mark.parametrize(
-    "amount, match", [("abc", "not an amount"), ("-5", "positive"), ("0", "positive"), ("1.001", "2 decimal"), ("NaN", "positive")]
+    "amount, match",
+    [("abc", "not an amount"), ("-5", "positive"), ("0", "positive"), ("1.001", "2 decimal"), ("NaN", "positive")],
 )
 def test_deposit_and_withdraw_refuse_bad_amounts(command, amount, match):
     acct = factories.AccountFactory()
@@ -243,7 +248,9 @@ def _exchange_env(tmp: Path, port: int) -> dict[str, str]:
 
 
 def _manage(env: dict[str, str], *args: str) -> None:
-    subprocess.run([sys.executable, "manage.py", *args], cwd=BASE_DIR, env=env, check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=BASE_DIR, env=env, check=True, capture_output=True, timeout=300
+    )
 
 
 def _listening(port: int) -> bool:

@@ -73,7 +73,11 @@ def test_one_idempotency_key_sent_concurrently_creates_exactly_one_order(catalog
     assert LedgerTransaction.objects.filter(kind=LedgerTransaction.Kind.ESCROW_RESERVE).count() == 1
     # Reserved once, by the rule of the worked examples: per 1M-token lot 1.25 + the highest
     # fee (10 bps: 0.00125, rounded up to 0.01) = 1.26; 3 lots = 3.78.
-    assert balances_get(account=buyer) == {"available": Decimal("996.22"), "escrow": Decimal("3.78"), "owed": Decimal("0.00")}
+    assert balances_get(account=buyer) == {
+        "available": Decimal("996.22"),
+        "escrow": Decimal("3.78"),
+        "owed": Decimal("0.00"),
+    }
     for r in responses:
         if r.status_code == 201:
             assert r.json()["id"] == order.pk

@@ -91,7 +91,9 @@ def test_an_account_that_is_not_a_buyer_cannot_place_a_buy(provider, instrument)
         factories.place(provider, instrument, "buy", 1, "1.00")
     assert (exc.value.code, exc.value.status) == ("not_a_buyer", 403)
     r = api_client_for(provider).post(
-        "/api/v1/orders", {"instrument": instrument.symbol, "side": "buy", "quantity": 1_000_000, "price": "1.00"}, format="json"
+        "/api/v1/orders",
+        {"instrument": instrument.symbol, "side": "buy", "quantity": 1_000_000, "price": "1.00"},
+        format="json",
     )
     assert r.status_code == 403 and r.json()["error"]["code"] == "not_a_buyer"
     assert state() == before and balances_get(account=provider) == balances

@@ -65,7 +65,12 @@ def test_a_settlement_of_more_than_fifty_contracts_takes_the_bulk_path_and_posts
     trades = list(inst.trades.order_by("match_sequence"))
     assert len(trades) == CONTRACTS > ledger.BULK_SQL_THRESHOLD
     # 25.5 Mtok delivered: 25 contracts full, one half, the rest unused.
-    assert usage_ingest(provider=provider, events=[event(buyer, inst, prompt=500_000) for _ in range(51)]).count("accepted") == 51
+    assert (
+        usage_ingest(provider=provider, events=[event(buyer, inst, prompt=500_000) for _ in range(51)]).count(
+            "accepted"
+        )
+        == 51
+    )
     before = balances_get(account=buyer)
 
     with CaptureQueriesContext(connection) as queries:
@@ -106,7 +111,11 @@ def _postings(prefix: str, a: int, b: int, c: int, n: int) -> list[Posting]:
     out = []
     for i in range(n):
         amount = Decimal(i % 7 + 1) + Decimal("0.01") * i
-        legs = [(a, -amount), (b, amount - Decimal("0.01")), (c, Decimal("0.01"))] if i % 2 else [(a, -amount), (c, amount)]
+        legs = (
+            [(a, -amount), (b, amount - Decimal("0.01")), (c, Decimal("0.01"))]
+            if i % 2
+            else [(a, -amount), (c, amount)]
+        )
         out.append(Posting(key=f"{prefix}:{i}", kind=LedgerTransaction.Kind.DEPOSIT, legs=legs, memo=f"{prefix} {i}"))
     return out
 
@@ -134,7 +143,10 @@ def test_the_bulk_path_writes_the_same_entries_as_the_ordinary_path(monkeypatch)
     def rows(txns, accounts):
         where = {a: i for i, a in enumerate(accounts)}
         return [
-            [(where[e.account_id], e.amount, e.balance_after) for e in LedgerEntry.objects.filter(transaction=t).order_by("id")]
+            [
+                (where[e.account_id], e.amount, e.balance_after)
+                for e in LedgerEntry.objects.filter(transaction=t).order_by("id")
+            ]
             for t in txns
         ]
 

@@ -114,7 +114,12 @@ def test_the_settle_service_refuses_before_period_end_plus_grace(delivered, cloc
 def test_the_settle_service_refuses_at_every_earlier_moment_of_the_period(delivered, clock):
     inst, _ = delivered
     before = money_rows()
-    for when in (inst.delivery_start, inst.delivery_end - JUST, inst.delivery_end, inst.delivery_end + dt.timedelta(hours=5, minutes=59)):
+    for when in (
+        inst.delivery_start,
+        inst.delivery_end - JUST,
+        inst.delivery_end,
+        inst.delivery_end + dt.timedelta(hours=5, minutes=59),
+    ):
         clock(when)
         with pytest.raises(ServiceError):
             instrument_settle(instrument_id=inst.pk)
@@ -201,7 +206,9 @@ def test_settle_period_re_runs_a_past_period_and_settles_nothing_twice(catalog, 
     contract(buyer, provider, first, 5, "1.00")
     contract(other_buyer, provider, first, 3, "1.10")
     contract(buyer, provider, second, 7, "0.80")
-    usage_ingest(provider=provider, events=[event(buyer, first, prompt=2_000_000), event(buyer, second, prompt=1_000_000)])
+    usage_ingest(
+        provider=provider, events=[event(buyer, first, prompt=2_000_000), event(buyer, second, prompt=1_000_000)]
+    )
 
     clock(boundary(first) + dt.timedelta(days=3))
     instrument_settle(instrument_id=first.pk)
@@ -217,7 +224,10 @@ def test_settle_period_re_runs_a_past_period_and_settles_nothing_twice(catalog, 
     settle_entries = LedgerEntry.objects.filter(transaction__key__startswith="settle:")
     assert settle_entries.count() > len(first_rows)
     # The first instrument's settlement entries are the same rows, untouched.
-    assert sorted(settle_entries.filter(transaction__settlement__trade__instrument=first).values_list("id", "amount")) == first_rows
+    assert (
+        sorted(settle_entries.filter(transaction__settlement__trade__instrument=first).values_list("id", "amount"))
+        == first_rows
+    )
     after = money_rows()
 
     for _ in range(2):
@@ -259,6 +269,11 @@ def test_a_provider_cannot_settle_by_reporting_late(delivered, clock, provider, 
     # Usage reported during the grace period does not make the contract settle earlier.
     inst, _ = delivered
     clock(inst.delivery_end + dt.timedelta(hours=1))
-    assert usage_ingest(provider=provider, events=[event(buyer, inst, prompt=1_000_000, at=inst.delivery_end - JUST)]).count("accepted") == 1
+    assert (
+        usage_ingest(
+            provider=provider, events=[event(buyer, inst, prompt=1_000_000, at=inst.delivery_end - JUST)]
+        ).count("accepted")
+        == 1
+    )
     assert settlements_run_due().contracts == 0
     assert Settlement.objects.count() == 0

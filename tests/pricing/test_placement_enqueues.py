@@ -40,10 +40,14 @@ def test_placing_registers_one_on_commit_hook_that_queues_the_instrument(
 
 
 @pytest.mark.django_db
-def test_placing_through_the_api_queues_matching(buyer, buyer_api, instrument, _matching_queue, django_capture_on_commit_callbacks):
+def test_placing_through_the_api_queues_matching(
+    buyer, buyer_api, instrument, _matching_queue, django_capture_on_commit_callbacks
+):
     with django_capture_on_commit_callbacks(execute=True):
         r = buyer_api.post(
-            "/api/v1/orders", {"instrument": instrument.symbol, "side": "buy", "quantity": 1_000_000, "price": "1.00"}, format="json"
+            "/api/v1/orders",
+            {"instrument": instrument.symbol, "side": "buy", "quantity": 1_000_000, "price": "1.00"},
+            format="json",
         )
     assert r.status_code == 201, r.content
     assert _matching_queue == [instrument.pk]

@@ -43,7 +43,11 @@ def market(catalog, buyer, provider):
     factories.place(provider, inst, "sell", 3, "1.60", hardware="h200")
     instrument_match(instrument_id=inst.pk)
     trades = list(inst.trades.order_by("match_sequence"))
-    assert [(t.price, t.quantity) for t in trades] == [(D("1.00"), 2_000_000), (D("1.20"), 1_000_000), (D("0.90"), 1_000_000)]
+    assert [(t.price, t.quantity) for t in trades] == [
+        (D("1.00"), 2_000_000),
+        (D("1.20"), 1_000_000),
+        (D("0.90"), 1_000_000),
+    ]
     times = [hour - dt.timedelta(hours=3) + dt.timedelta(minutes=5), hour - dt.timedelta(hours=3) + dt.timedelta(minutes=40),
              hour - dt.timedelta(hours=1) + dt.timedelta(minutes=10)]  # fmt: skip
     for t, when in zip(trades, times, strict=True):
@@ -93,7 +97,9 @@ def test_instrument_filters_select_by_tier_region_date_and_status(market):
     assert everything == {i.symbol for i in Instrument.objects.all()} and len(everything) > 20
     by_tier = symbols(get("/api/v1/instruments", tier="standard", limit=1000))
     assert by_tier and all(s.startswith("standard:") for s in by_tier) and by_tier < everything
-    one = symbols(get("/api/v1/instruments", tier="standard", region="cn-west-1", delivery_date=inst.delivery_date.isoformat()))
+    one = symbols(
+        get("/api/v1/instruments", tier="standard", region="cn-west-1", delivery_date=inst.delivery_date.isoformat())
+    )
     assert one == {inst.symbol}
     services.instrument_set_status(instrument=inst, status=Instrument.Status.HALTED)
     assert symbols(get("/api/v1/instruments", status="halted")) == {inst.symbol}
@@ -105,7 +111,12 @@ def test_an_instrument_shows_its_top_of_book_last_price_and_24h_volume(market):
     inst = market["inst"]
     row = get(f"/api/v1/instruments/{inst.symbol}")
     assert (row["symbol"], row["tier"], row["region"], row["status"]) == (inst.symbol, "standard", "cn-west-1", "open")
-    assert (row["last_price"], row["best_bid"], row["best_ask"], row["volume_24h"]) == ("0.90", "0.80", "1.50", 4_000_000)
+    assert (row["last_price"], row["best_bid"], row["best_ask"], row["volume_24h"]) == (
+        "0.90",
+        "0.80",
+        "1.50",
+        4_000_000,
+    )
     listed = next(r for r in get("/api/v1/instruments", tier="standard", region="cn-west-1", limit=1000)["results"]
                   if r["symbol"] == inst.symbol)  # fmt: skip
     assert listed == row
@@ -127,7 +138,9 @@ def test_public_trades_are_this_instruments_newest_first_without_accounts(market
         ("1.00", 2_000_000, "buy", "h100"),
     ]
     assert [when(r["executed_at"]) for r in body["results"]] == list(reversed(market["times"]))
-    assert all(set(r) == {"id", "price", "quantity", "hardware", "aggressor_side", "executed_at"} for r in body["results"])
+    assert all(
+        set(r) == {"id", "price", "quantity", "hardware", "aggressor_side", "executed_at"} for r in body["results"]
+    )
     paged = get(f"/api/v1/instruments/{inst.symbol}/trades", limit=2)
     assert [r["id"] for r in paged["results"]] == [trades[2].pk, trades[1].pk] and paged["next"]
     rest = APIClient().get(paged["next"]).json()
@@ -206,7 +219,10 @@ def test_daily_candles_group_the_trades_by_utc_day(market):
         else:
             expected.append((day, *[money_str(close)] * 4, 0, 0, None))
         day += dt.timedelta(days=1)
-    got = [(when(c["start"]), c["open"], c["high"], c["low"], c["close"], c["volume"], c["trades"], c["vwap"]) for c in body["candles"]]
+    got = [
+        (when(c["start"]), c["open"], c["high"], c["low"], c["close"], c["volume"], c["trades"], c["vwap"])
+        for c in body["candles"]
+    ]
     assert got == expected
     assert sum(c["volume"] for c in body["candles"]) == 4_000_000
 
