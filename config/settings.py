@@ -15,9 +15,10 @@ import environ
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = BASE_DIR / "var"
-
 env = environ.Env()
+# Runtime files of the embedded default (filesystem broker, beat schedule); VAR_DIR moves them
+# so two exchanges on one checkout (a test's private one) do not share a broker.
+VAR_DIR = Path(env.str("VAR_DIR", default=str(BASE_DIR / "var")))
 
 
 def env_bool(name: str, default: bool) -> bool:

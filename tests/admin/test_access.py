@@ -59,11 +59,22 @@ def targets(instrument, buyer):
     return {"instrument": instrument, "account": buyer, "key": key, "order": order}
 
 
-def _assert_nothing_changed(targets, deposits_before: int) -> None:
+def _prepare(targets, action: str) -> str:
+    """The instrument status the action would change, set up so a change would show: resume
+    is tried on a halted instrument (on an open one it changes nothing, allowed or not)."""
+    if action == "resume":
+        from marketplace.services import instrument_set_status
+
+        instrument_set_status(instrument=targets["instrument"], status=Instrument.Status.HALTED)
+        return Instrument.Status.HALTED
+    return Instrument.Status.OPEN
+
+
+def _assert_nothing_changed(targets, deposits_before: int, instrument_status: str = Instrument.Status.OPEN) -> None:
     targets["instrument"].refresh_from_db()
     targets["key"].refresh_from_db()
     targets["order"].refresh_from_db()
-    assert targets["instrument"].status == Instrument.Status.OPEN
+    assert targets["instrument"].status == instrument_status
     assert targets["key"].revoked_at is None
     assert targets["order"].status == "open"
     assert LedgerTransaction.objects.filter(kind="deposit").count() == deposits_before
@@ -91,6 +102,7 @@ ACTIONS = [
 
 @pytest.mark.parametrize(("model", "action", "target", "extra"), ACTIONS)
 def test_anonymous_and_non_staff_cannot_run_admin_actions(client, plain_user, targets, model, action, target, extra):
+    status = _prepare(targets, action)
     deposits = LedgerTransaction.objects.filter(kind="deposit").count()
     balance_before = _available(targets["account"])
 
@@ -98,7 +110,7 @@ def test_anonymous_and_non_staff_cannot_run_admin_actions(client, plain_user, ta
     client.force_login(plain_user)
     assert _is_login_redirect(_post_action(client, model, action, [targets[target].pk], **extra))
 
-    _assert_nothing_changed(targets, deposits)
+    _assert_nothing_changed(targets, deposits, status)
     assert _available(targets["account"]) == balance_before
 
 
@@ -108,15 +120,26 @@ def test_staff_without_permissions_cannot_run_admin_actions(client, bare_staff, 
     for codename in ("view_instrument", "view_order", "view_apikey", "view_account"):
         bare_staff.user_permissions.add(Permission.objects.get(codename=codename))
     client.force_login(bare_staff)
+    status = _prepare(targets, action)
     deposits = LedgerTransaction.objects.filter(kind="deposit").count()
     balance_before = _available(targets["account"])
 
     resp = _post_action(client, model, action, [targets[target].pk], **extra)
 
     assert resp.status_code in (200, 302)
-    _assert_nothing_changed(targets, deposits)
+    _assert_nothing_changed(targets, deposits, status)
     assert _available(targets["account"]) == balance_before
     assert not ApiKey.objects.filter(revoked_at__isnull=False).exists()
+
+
+def test_a_superuser_resumes_a_halted_instrument(client, django_user_model, targets):
+    # The control for the refusals above: the same request by someone allowed changes the state.
+    _prepare(targets, "resume")
+    client.force_login(django_user_model.objects.create_superuser("boss", "b@example.com", "pw-boss-1234"))
+    resp = _post_action(client, "marketplace_instrument", "resume", [targets["instrument"].pk])
+    assert resp.status_code in (200, 302)
+    targets["instrument"].refresh_from_db()
+    assert targets["instrument"].status == Instrument.Status.OPEN
 
 
 def _available(account) -> Decimal:

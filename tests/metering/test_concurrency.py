@@ -191,7 +191,12 @@ def test_settlement_tasks_on_several_celery_workers_settle_each_contract_once(ce
     while Trade.objects.filter(settlement__isnull=True).exists():
         assert time.monotonic() < deadline, "settlement did not finish in 90 s"
         time.sleep(0.2)
-    time.sleep(1.0)  # let the redundant tasks run too: they must find nothing to do
+    # Let the redundant tasks (and settle_due's fan-out) run too: they must find nothing to do.
+    # Tasks are acks_late, so a task is acknowledged only once it has run: an empty queue with
+    # nothing unacknowledged means every one of them has finished.
+    from tests.reliability.procs import broker_idle
+
+    _wait(broker_idle, timeout=90, what="every queued settlement task to finish")
     _assert_settled_once(trades + more)
 
 

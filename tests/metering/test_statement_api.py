@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -15,6 +17,17 @@ from tests.conftest import api_client_for
 from .builders import D, after_grace, contract, event, spot_instrument
 
 pytestmark = pytest.mark.django_db
+
+# Noon UTC of the day the test runs: every entry of a test is made on one UTC day, so the date
+# filters below cannot straddle midnight (a deposit at 23:59:59.9 and a reserve at 00:00:00.1).
+NOON = dt.datetime.now(dt.UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+
+
+@pytest.fixture(autouse=True)
+def fixed_clock(monkeypatch):
+    # Autouse fixtures are set up before the others, so the funding fixtures run on it too.
+    monkeypatch.setattr("django.utils.timezone.now", lambda: NOON)
+    return NOON
 
 
 @pytest.fixture
@@ -105,8 +118,13 @@ def test_ledger_lists_own_entries_with_running_balance_and_filters(catalog, buye
     assert len(client.get("/api/v1/ledger?kind=deposit").json()["results"]) == 2
     assert len(client.get("/api/v1/ledger?account=escrow").json()["results"]) == 1
     assert len(client.get("/api/v1/ledger?since=2000-01-01&until=2000-01-02").json()["results"]) == 0
-    today = rows[0]["created_at"][:10]
+    today = NOON.date().isoformat()
+    assert {x["created_at"][:10] for x in rows} == {today}
     assert len(client.get(f"/api/v1/ledger?since={today}&until={today}").json()["results"]) == 4
+    yesterday, tomorrow = (NOON.date() - dt.timedelta(days=1)).isoformat(), (NOON.date() + dt.timedelta(days=1)).isoformat()
+    assert client.get(f"/api/v1/ledger?since={yesterday}&until={yesterday}").json()["results"] == []
+    assert client.get(f"/api/v1/ledger?since={tomorrow}").json()["results"] == []
+    assert len(client.get(f"/api/v1/ledger?until={yesterday}").json()["results"]) == 0
     assert client.get("/api/v1/ledger?kind=bogus").status_code == 400
     assert client.get("/api/v1/ledger?since=soon").status_code == 400
     page = client.get("/api/v1/ledger?limit=3").json()

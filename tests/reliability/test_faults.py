@@ -172,7 +172,8 @@ def test_orders_are_accepted_while_redis_is_down_and_all_matched_once_it_returns
             assert "'enqueued': 1" in out, out
             wait_matched_without_kicks(timeout=90, workers=workers)
             # And a second sweep, as beat runs it every few seconds: nothing left to do.
-            run_manage_python("from pricing.tasks import sweep; print(sweep())", env=env)
+            again = run_manage_python("from pricing.tasks import sweep; print(sweep())", env=env)
+            assert "'enqueued': 0" in again, again
 
     # Each 2-lot buy at 1.20 met a 2-lot sell at 1.10 resting before it: six more trades.
     trades = Trade.objects.order_by("match_sequence")

@@ -29,6 +29,7 @@ from metering.funding import funding_withdrawal_request
 from metering.models import FundingRequest, LedgerEntry, UsageEvent
 from pricing.services import instrument_match
 from tests import factories
+from tests.security.ownership import NOT_LISTS, OWN_IDS, listed_ids
 from tests.security.routes import Route, api_operations, required_scope, web_pages
 
 pytestmark = pytest.mark.django_db
@@ -59,6 +60,13 @@ def world(catalog, settings):
     factories.place(owner, inst, "sell", 1, "1.50")
     factories.place(counterparty, inst, "buy", 1, "1.50")
     instrument_match(instrument_id=inst.pk)
+    # The other account has a fill and a resting order of its own, so a list that leaks shows
+    # rows of the wrong account by id (see assert_only_own_rows).
+    factories.place(counterparty, inst, "sell", 1, "1.20")
+    factories.place(other, inst, "buy", 1, "1.20")
+    factories.place(other, inst, "sell", 1, "5.00")
+    instrument_match(instrument_id=inst.pk)
+    assert Trade.objects.filter(buyer=other).exists()
     resting = factories.place(owner, inst, "buy", 1, "0.50", client_order_id=MARKER)
     instrument_match(instrument_id=inst.pk)
     contract = Trade.objects.filter(buyer=owner).first()
@@ -208,6 +216,11 @@ def test_api_endpoint_admits_exactly_the_right_callers(world, route, method):
     else:
         assert r.status_code < 500
     assert MARKER not in text(r), f"{path} shows another account's data"
+    if method == "get" and scope is not None and not owned:
+        # A private list: by ids, the other account sees only rows it owns (it owns none of
+        # the owner's orders, fills, contracts or ledger entries).
+        assert r.status_code == 200, (r.status_code, r.content[:300])
+        assert_only_own_rows(route, r, world["other"], world["owner"])
 
     # The owner's key with only the needed scope (read for public endpoints) succeeds.
     right = key_client(world["owner"], [scope or "read"])
@@ -220,12 +233,49 @@ def test_api_endpoint_admits_exactly_the_right_callers(world, route, method):
             assert 200 <= r.status_code < 300, (r.status_code, r.content[:300])
     if route.name in ("api:orders", "api:order") and method == "get":
         assert MARKER in text(r), "the owner must see its own order"
+    if method == "get" and scope is not None and not owned:
+        assert_only_own_rows(route, r, world["owner"], world["other"], complete=True)
+
+
+def assert_only_own_rows(route: Route, response, caller, stranger, *, complete: bool = False) -> None:
+    """The rows of a private list are the caller's own, by id; `complete`: all of them."""
+    body = response.json()
+    if route.name in NOT_LISTS:
+        assert body["account"] == caller.slug, body
+        return
+    assert route.name in OWN_IDS, f"teach tests/security/ownership.OWN_IDS which rows {route} lists"
+    listed = set(listed_ids(body))
+    mine, theirs = OWN_IDS[route.name](caller), OWN_IDS[route.name](stranger)
+    assert theirs, f"the world must give {stranger.slug} rows that {route} could leak"
+    assert not listed & theirs, f"{route} shows {caller.slug} rows of {stranger.slug}: {sorted(listed & theirs)}"
+    assert listed <= mine, f"{route} shows rows that are not {caller.slug}'s: {sorted(listed - mine)}"
+    if complete:
+        assert listed == mine, f"{route} hides rows of {caller.slug}: {sorted(mine - listed)}"
+
+
+# The REST surface PRODUCT.md §6 promises today (paths as the client sees them).
+DOCUMENTED = {
+    ("/api/v1/tiers", "get"), ("/api/v1/hardware", "get"), ("/api/v1/regions", "get"),
+    ("/api/v1/instruments", "get"), ("/api/v1/instruments/{symbol}", "get"),
+    ("/api/v1/instruments/{symbol}/book", "get"), ("/api/v1/instruments/{symbol}/trades", "get"),
+    ("/api/v1/instruments/{symbol}/candles", "get"), ("/api/v1/instruments/{symbol}/quote", "get"),
+    ("/api/v1/orders", "post"), ("/api/v1/orders", "get"), ("/api/v1/orders/{order_id}", "get"),
+    ("/api/v1/orders/{order_id}/cancel", "post"), ("/api/v1/trades", "get"), ("/api/v1/contracts", "get"),
+    ("/api/v1/usage", "post"), ("/api/v1/balances", "get"), ("/api/v1/ledger", "get"), ("/api/v1/index", "get"),
+}  # fmt: skip
 
 
 def test_every_api_endpoint_is_in_the_matrix():
-    ops = api_operations()
-    assert ("api:orders", "post") in {(r.name, m) for r, m in ops}
-    assert len(ops) >= 12
+    """The matrix's enumerator against two independent lists: the OpenAPI schema that
+    drf-spectacular generates (every operation a client can see) and PRODUCT.md's table."""
+    from drf_spectacular.generators import SchemaGenerator
+
+    in_matrix = {("/" + re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", r.route), m) for r, m in api_operations()}
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    in_schema = {(path, m) for path, ops in schema["paths"].items() for m in ops if m in ("get", "post", "put", "patch", "delete")}
+    assert in_schema, "the schema lists no operation"
+    assert in_schema <= in_matrix, f"operations the matrix does not check: {sorted(in_schema - in_matrix)}"
+    assert DOCUMENTED <= in_matrix, f"documented operations the matrix does not check: {sorted(DOCUMENTED - in_matrix)}"
 
 
 # --- the web matrix -------------------------------------------------------------------------

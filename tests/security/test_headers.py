@@ -54,5 +54,15 @@ def test_web_pages_carry_the_security_headers(catalog):
     assert "object-src 'none'" in r["Content-Security-Policy"]
 
 
-def test_session_cookies_are_http_only(settings):
-    assert settings.SESSION_COOKIE_HTTPONLY is True
+def test_the_session_cookie_a_login_sets_is_http_only_and_same_site():
+    from django.contrib.auth import get_user_model
+
+    get_user_model().objects.create_user("cookie-user", password="pw-cookie-123!")
+    client = Client()
+    r = client.post("/login/", {"username": "cookie-user", "password": "pw-cookie-123!"})
+    assert r.status_code == 302, r.status_code
+    # The Set-Cookie header of the response itself, not the setting that should produce it.
+    cookie = r.cookies["sessionid"]
+    assert cookie.value and cookie["httponly"] is True
+    assert cookie["samesite"].lower() == "lax"
+    assert "httponly" in cookie.OutputString().lower()

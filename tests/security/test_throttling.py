@@ -5,6 +5,7 @@ down lets requests through rather than failing them."""
 from __future__ import annotations
 
 import copy
+import uuid
 
 import pytest
 from django.conf import settings
@@ -21,8 +22,10 @@ pytestmark = pytest.mark.django_db
 def tiny_rates(key_rate: str = "3/min", anon_rate: str = "2/min"):
     rf = copy.deepcopy(settings.REST_FRAMEWORK)
     rf["DEFAULT_THROTTLE_RATES"] = {"api_key": key_rate, "anonymous": anon_rate}
-    # A private cache per test: counts from other tests (or processes) cannot leak in.
-    caches = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "throttle-test"}}
+    # A private cache per use: counts from other tests (or processes) cannot leak in. A LocMem
+    # cache is one store per LOCATION for the whole process, so the name must be new each time
+    # (with a fixed name, an earlier test's anonymous requests from 127.0.0.1 counted here).
+    caches = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": f"throttle-{uuid.uuid4()}"}}
     return override_settings(REST_FRAMEWORK=rf, CACHES=caches)
 
 
@@ -47,6 +50,17 @@ def test_the_rate_is_counted_per_key(buyer):
             first.get("/api/v1/orders")
         assert_throttled(first.get("/api/v1/orders"))
         assert second.get("/api/v1/orders").status_code == 200  # same account, another key
+
+
+def test_throttle_counts_do_not_carry_over_between_uses(catalog):
+    # What an earlier test spent does not count against the next one.
+    with tiny_rates():
+        client = APIClient()
+        client.get("/api/v1/tiers")
+        client.get("/api/v1/tiers")
+        assert_throttled(client.get("/api/v1/tiers"))
+    with tiny_rates():
+        assert APIClient().get("/api/v1/tiers").status_code == 200
 
 
 def test_a_throttled_order_is_not_placed(buyer, instrument):

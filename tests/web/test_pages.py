@@ -13,6 +13,7 @@ from decimal import Decimal
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.contrib.sessions.models import Session
 from django.test import Client
 from django.urls import reverse
 
@@ -133,9 +134,16 @@ def test_login_and_logout(buyer):
     assert ok.status_code == 302
     assert client.get(reverse("web:orders")).status_code == 200
     assert client.get(reverse("web:logout")).status_code == 405  # log out is a POST with CSRF
+    session_key = client.session.session_key
+    assert Session.objects.filter(session_key=session_key).exists()
+    assert client.session.get("_auth_user_id") == str(user.pk)
     client.post(reverse("web:logout"))
     assert client.get(reverse("web:orders")).status_code == 302
-    assert user.pk
+    # Logging out ends the session on the server too: the old cookie opens nothing.
+    assert not Session.objects.filter(session_key=session_key).exists()
+    replay = Client()
+    replay.cookies["sessionid"] = session_key
+    assert replay.get(reverse("web:orders")).status_code == 302
 
 
 @pytest.mark.parametrize("name", ["orders", "contracts", "balances", "statement_csv", "provider", "api_keys"])

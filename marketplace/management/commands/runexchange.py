@@ -7,7 +7,7 @@ import sys
 import time
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 
 class Command(BaseCommand):
@@ -18,6 +18,13 @@ class Command(BaseCommand):
         parser.add_argument("--concurrency", type=int, default=2)
 
     def handle(self, *args, addr, concurrency, **options):
+        # Checked before anything starts: a bad value would otherwise surface as one child
+        # dying (gunicorn on a bad address) after the other two had started.
+        host, sep, port = addr.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise CommandError(f"--addr {addr!r} is not HOST:PORT (e.g. 127.0.0.1:8000, port 1-65535)")
+        if concurrency < 1:
+            raise CommandError(f"--concurrency {concurrency} must be at least 1")
         (settings.VAR_DIR / "broker").mkdir(parents=True, exist_ok=True)
         (settings.VAR_DIR / "broker-processed").mkdir(parents=True, exist_ok=True)
         py = sys.executable
