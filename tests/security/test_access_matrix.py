@@ -79,6 +79,7 @@ def world(catalog, settings):
     Membership.objects.create(account=other, user=other_user, role=Membership.Role.OWNER)
     spare_key, _ = services.api_key_create(account=owner, scopes=["read"], name="spare")
     withdrawal = funding_withdrawal_request(account=owner, amount=Decimal("1.00"), reference=MARKER)
+    funding_withdrawal_request(account=other, amount=Decimal("2.00"))  # the other's row, never shown
     return {
         "funding_request": withdrawal,
         "instrument": inst,

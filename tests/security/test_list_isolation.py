@@ -14,13 +14,22 @@ from django.utils import timezone
 
 from marketplace.models import Trade
 from marketplace.services import order_cancel
+from metering.funding import funding_deposit_request
 from metering.selectors import balances_get
 from metering.usage import usage_ingest
 from pricing.services import instrument_match
 from tests import factories
 from tests.conftest import api_client_for
 from tests.metering.builders import spot_instrument
-from tests.security.ownership import NOT_LISTS, OWN_IDS, listed_ids, own_ledger_entries, own_orders, own_trades
+from tests.security.ownership import (
+    NOT_LISTS,
+    OWN_IDS,
+    listed_ids,
+    own_funding_requests,
+    own_ledger_entries,
+    own_orders,
+    own_trades,
+)
 from tests.security.routes import api_operations, required_scope
 
 pytestmark = pytest.mark.django_db
@@ -70,8 +79,11 @@ def two_accounts(catalog):
         )
         assert report.count("accepted") == 1
     for me in (alice, bob):
+        for amount in ("1.00", "2.00", "3.00"):
+            funding_deposit_request(account=me, amount=Decimal(amount), reference=f"wire {me.slug}")
+    for me in (alice, bob):
         # Each has rows of every kind, and neither's set is empty or equal to the other's.
-        for ids in (own_orders(me), own_trades(me), own_ledger_entries(me)):
+        for ids in (own_orders(me), own_trades(me), own_ledger_entries(me), own_funding_requests(me)):
             assert len(ids) >= 3
     assert not own_trades(alice) & own_trades(bob)
     return alice, bob, carol
