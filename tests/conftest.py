@@ -86,3 +86,15 @@ def buyer_api(buyer):
 @pytest.fixture
 def provider_api(provider):
     return api_client_for(provider, ("read", "trade", "meter"))
+
+
+# --- parallel runs (pytest-xdist, `make test`) -------------------------------------------
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under `--dist loadgroup` the tests that start real processes (Celery workers, gunicorn,
+    Chromium) run one after another on one xdist worker while the others run the rest: two of
+    them at once on a small machine would starve each other's subprocesses into timeouts."""
+    for item in items:
+        if item.get_closest_marker("workers") or item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.xdist_group("processes"))
