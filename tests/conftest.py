@@ -91,6 +91,7 @@ def provider_api(provider):
 # --- parallel runs (pytest-xdist, `make test`) -------------------------------------------
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     """Under `--dist loadgroup` the tests that start real processes (Celery workers, gunicorn,
     Chromium) run one after another on one xdist worker while the others run the rest: two of
