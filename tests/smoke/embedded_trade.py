@@ -31,8 +31,8 @@ import urllib.request
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parents[2]
-READY_TIMEOUT = 120.0  # web server up, worker and scheduler started
-MATCH_TIMEOUT = 120.0  # the worker has matched the crossing orders
+READY_TIMEOUT = 180.0  # web server up, worker and scheduler started
+MATCH_TIMEOUT = 180.0  # the worker has matched the crossing orders
 STOP_TIMEOUT = 30.0
 
 
