@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 ADDR ?= 127.0.0.1:8000
 
-.PHONY: run test install migrate seed lint mutation bench-match bench-candles bench-auction clean
+.PHONY: run test smoke install migrate seed lint mutation bench-match bench-candles bench-auction clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -26,9 +26,18 @@ seed: migrate
 run: seed
 	SANDBOX_FUNDING=$${SANDBOX_FUNDING:-true} $(BIN)/python manage.py runexchange --addr $(ADDR)
 
-# The whole suite. Set DATABASE_URL/REDIS_URL to run the PostgreSQL/Redis/worker tests too.
+# The whole suite, in parallel (pytest-xdist: one test database and Redis key space per test
+# worker; the tests that start real processes run one after another in one group). Set
+# DATABASE_URL/REDIS_URL to run the PostgreSQL/Redis/worker tests too; PYTEST_PARALLEL= runs
+# it serially.
+PYTEST_PARALLEL ?= -n 3 --dist loadgroup
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
+
+# The embedded default (SQLite, filesystem broker, worker, scheduler) started as `make run`
+# does, in a temporary directory on a free port, and one trade through the API.
+smoke: install
+	$(BIN)/python tests/smoke/embedded_trade.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -15,9 +15,10 @@ import environ
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+
 env = environ.Env()
-# Runtime files of the embedded default (filesystem broker, beat schedule); VAR_DIR moves them
-# so two exchanges on one checkout (a test's private one) do not share a broker.
+# Runtime files of the embedded default (filesystem broker, file cache, beat schedule); VAR_DIR
+# moves them so two exchanges on one checkout (a test's private one) do not share a broker.
 VAR_DIR = Path(env.str("VAR_DIR", default=str(BASE_DIR / "var")))
 
 
@@ -146,12 +147,17 @@ IS_POSTGRES = DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default="")
+# Prefix of every Redis key of this deployment (cache and Celery queues), so several can share
+# one Redis database. A parallel test run (pytest-xdist) defaults it to the test worker's id
+# (gw0, gw1, ...): one test worker's Celery processes never take another's tasks, and cache
+# and throttle keys never collide.
+REDIS_KEY_PREFIX = env.str("REDIS_KEY_PREFIX", default=env.str("PYTEST_XDIST_WORKER", default=""))
 if REDIS_URL:
     CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
-            "KEY_PREFIX": "ciyuan",
+            "KEY_PREFIX": f"ciyuan:{REDIS_KEY_PREFIX}" if REDIS_KEY_PREFIX else "ciyuan",
         }
     }
 else:
@@ -256,6 +262,8 @@ SPECTACULAR_SETTINGS = {
 if REDIS_URL:
     CELERY_BROKER_URL = REDIS_URL
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+    if REDIS_KEY_PREFIX:
+        CELERY_BROKER_TRANSPORT_OPTIONS["global_keyprefix"] = f"{REDIS_KEY_PREFIX}:"
 else:
     CELERY_BROKER_URL = "filesystem://"
     _queue_dir = str(VAR_DIR / "broker")

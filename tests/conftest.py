@@ -141,3 +141,22 @@ def _invariants_after_test(request):
             return
         pytest.fail("marked breaks_invariants, but its final state satisfies every invariant")
     assert_invariants()
+
+
+# --- parallel runs (pytest-xdist, `make test`) -------------------------------------------
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
+def pytest_collection_modifyitems(config, items):
+    """Under `--dist loadgroup` the tests that start real processes (Celery workers, gunicorn,
+    Chromium) run one after another on one xdist worker while the others run the rest: two of
+    them at once on a small machine would starve each other's subprocesses into timeouts."""
+    grouped = []
+    for item in items:
+        if item.get_closest_marker("workers") or item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.xdist_group("processes"))
+            grouped.append(item)
+    if grouped and getattr(config.option, "loadgroup", False):  # set on xdist workers
+        # The group is the longest unit of work: handed out first, it does not become the tail.
+        ids = {id(item) for item in grouped}
+        items[:] = grouped + [item for item in items if id(item) not in ids]

@@ -23,6 +23,12 @@ Why it looks like this:
   cannot hold back the first enqueue of this run.
 - Each worker runs in its own session (process group) and is stopped by its PID: SIGTERM,
   a bounded wait, then SIGKILL of its group (prefork children included). Every wait is bounded.
+- Under pytest-xdist each test worker (gw0, gw1, ...) has its own test database (pytest-django's
+  test_<name>_gw0, ...), which worker_env hands to the subprocesses, and its own Redis key space
+  (settings.REDIS_KEY_PREFIX defaults to the xdist worker id), so one test worker's Celery
+  processes never consume another's tasks. Ports come from a slice of the range per xdist
+  worker (port_range), a server is ready only once its own process listens on its port, and a
+  port taken meanwhile by someone else is retried with another.
 """
 
 from __future__ import annotations
@@ -68,6 +74,7 @@ def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
             "DJANGO_SETTINGS_MODULE": "config.settings",
             "DATABASE_URL": test_database_url(),
             "REDIS_URL": settings.REDIS_URL,
+            "REDIS_KEY_PREFIX": settings.REDIS_KEY_PREFIX,
             "PYTHONUNBUFFERED": "1",
             # Connections are reused inside a worker; the test database is dropped at the end of
             # the session only after the workers are gone.
@@ -87,7 +94,10 @@ def purge_broker() -> int:
         import redis
 
         client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
-        for key in client.scan_iter(match="*match-queued:*", count=1000):
+        from django.core.cache import cache
+
+        # Only this test run's keys (the cache prefix includes the xdist worker id).
+        for key in client.scan_iter(match=cache.make_key("match-queued:") + "*", count=1000):
             client.delete(key)
     except Exception:  # the keys expire after 10 s anyway
         pass
@@ -298,12 +308,38 @@ def wait_until_matched(
         time.sleep(0.1)
 
 
+def port_range(low: int, high: int) -> range:
+    """This xdist worker's slice of [low, high] (all of it when the run is not parallel), so two
+    test workers never pick the same port."""
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    size = (high - low + 1) // max(count, 1)
+    if count <= 1 or size < 4:
+        return range(low, high + 1)
+    start = low + (index % count) * size
+    return range(start, start + size)
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """Whether process `pid` itself holds a listening socket on 127.0.0.1:`port` (so a server
+    that answers there is ours, not another test's or another program's)."""
+    import psutil
+
+    try:
+        conns = psutil.Process(pid).net_connections(kind="tcp")
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+    return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in conns)
+
+
 def free_port(low: int = 8100, high: int = 8199) -> int:
-    """A free TCP port on 127.0.0.1 in [low, high] (the range this project's tests may use)."""
+    """A free TCP port on 127.0.0.1 in this xdist worker's slice of [low, high] (the range this
+    project's tests may use). Free now, not reserved: servers retry if it is taken meanwhile."""
     import random
     import socket
 
-    ports = list(range(low, high + 1))
+    ports = list(port_range(low, high))
     random.shuffle(ports)
     for port in ports:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -313,6 +349,10 @@ def free_port(low: int = 8100, high: int = 8199) -> int:
                 continue
             return port
     raise RuntimeError(f"no free port in {low}-{high}")
+
+
+class PortInUse(RuntimeError):
+    """A server could not bind its port: someone took it between free_port() and the bind."""
 
 
 class WebServer:
@@ -331,6 +371,7 @@ class WebServer:
         ready_timeout: float = 60.0,
         env: dict[str, str] | None = None,
     ) -> None:
+        self._pick_port = port is None
         self.port = port or free_port()
         self.processes = processes
         self.threads = threads
@@ -357,7 +398,16 @@ class WebServer:
         except FileNotFoundError:
             return ""
 
-    def start(self) -> None:
+    def start(self, *, attempts: int = 3) -> None:
+        for attempt in range(attempts):
+            try:
+                return self._start_once()
+            except PortInUse:
+                if not self._pick_port or attempt == attempts - 1:
+                    raise
+                self.port = free_port()
+
+    def _start_once(self) -> None:
         import http.client
 
         env = worker_env(self.extra_env)
@@ -374,20 +424,26 @@ class WebServer:
         deadline = time.monotonic() + self.ready_timeout
         while True:
             if self.proc.poll() is not None:
+                if "in use" in self.log():  # gunicorn: "Connection in use: ('127.0.0.1', port)"
+                    raise PortInUse(f"port {self.port} taken:\n{self.log()[-2000:]}")
                 raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-                conn.request("GET", "/api/v1/tiers")
-                if conn.getresponse().status == 200:
-                    conn.close()
-                    return
-                conn.close()
-            except OSError:
-                pass
+            if listens_on(self.proc.pid, self.port) and self._answers(http.client):
+                return
             if time.monotonic() > deadline:
                 self.stop()
                 raise TimeoutError(f"gunicorn not ready after {self.ready_timeout:.0f}s:\n{self.log()[-4000:]}")
             time.sleep(0.2)
+
+    def _answers(self, http_client) -> bool:
+        try:
+            conn = http_client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+            try:
+                conn.request("GET", "/api/v1/tiers")
+                return conn.getresponse().status == 200
+            finally:
+                conn.close()
+        except OSError:
+            return False
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -3,8 +3,10 @@
 
 Every process runs in its own session (process group), is stopped by its PID, and every wait
 is bounded. Ports come from the range this project reserves for these tests
-(FAULT_PORT_RANGE, default 8600-8699), so nothing here touches the shared Redis on 6379 or
-another PostgreSQL backend than the test's own.
+(FAULT_PORT_RANGE, default 8600-8699; under pytest-xdist each test worker has its own slice of
+it), so nothing here touches the shared Redis on 6379 or another PostgreSQL backend than the
+test's own. A server counts as up only once its own process listens on its port; one whose port
+was taken between free_port() and its bind is started again on another port.
 """
 
 from __future__ import annotations
@@ -24,14 +26,14 @@ import psycopg
 from django.conf import settings
 from django.db import connection
 
-from tests.workers import worker_env
+from tests.workers import PortInUse, listens_on, port_range, worker_env
 
 BASE_DIR = Path(settings.BASE_DIR)
 
 
 def _port_range() -> range:
     low, _, high = os.environ.get("FAULT_PORT_RANGE", "8600-8699").partition("-")
-    return range(int(low), int(high) + 1)
+    return port_range(int(low), int(high))
 
 
 def free_port(*, prefer_high: bool = False) -> int:
@@ -74,6 +76,7 @@ class RedisServer:
     """A private, non-persistent redis-server on a free port of our range."""
 
     def __init__(self, port: int | None = None) -> None:
+        self._pick_port = port is None
         self.port = port or free_port(prefer_high=True)
         self.proc: subprocess.Popen | None = None
 
@@ -89,14 +92,32 @@ class RedisServer:
         except redis.RedisError:
             return False
 
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--daemonize", "no", "--loglevel", "warning"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )  # fmt: skip
-        wait_for(self.ping, timeout=20, what=f"redis-server on port {self.port}")
+    def _up(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise PortInUse(f"redis-server exited with {self.proc.returncode} (port {self.port} taken?)")
+        return listens_on(self.proc.pid, self.port) and self.ping()
+
+    def start(self, *, attempts: int = 3) -> None:
+        for attempt in range(attempts):
+            self.proc = subprocess.Popen(
+                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                 "--daemonize", "no", "--loglevel", "warning"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )  # fmt: skip
+            try:
+                wait_for(self._up, timeout=20, what=f"redis-server on port {self.port}")
+                return
+            except PortInUse:
+                _stop_group(self.proc)
+                self.proc = None
+                if not self._pick_port or attempt == attempts - 1:
+                    raise
+                self.port = free_port(prefer_high=True)
+            except BaseException:
+                _stop_group(self.proc)
+                self.proc = None
+                raise
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -122,6 +143,7 @@ class WebServer:
         workers: int = 2,
         port: int | None = None,
     ) -> None:
+        self._pick_port = port is None
         self.port = port or free_port()
         self.extra_env = env or {}
         self.workers = workers
@@ -141,7 +163,11 @@ class WebServer:
 
     def _up(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
+            if "in use" in self.log():  # gunicorn: "Connection in use: ('127.0.0.1', port)"
+                raise PortInUse(f"port {self.port} taken:\n{self.log()[-2000:]}")
             raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+        if not listens_on(self.proc.pid, self.port):
+            return False
         import requests
 
         try:
@@ -149,7 +175,16 @@ class WebServer:
         except requests.RequestException:
             return False
 
-    def start(self) -> None:
+    def start(self, *, attempts: int = 3) -> None:
+        for attempt in range(attempts):
+            try:
+                return self._start_once()
+            except PortInUse:
+                if not self._pick_port or attempt == attempts - 1:
+                    raise
+                self.port = free_port()
+
+    def _start_once(self) -> None:
         env = worker_env({"CONN_MAX_AGE": "60", **self.extra_env})
         with open(self.log_path, "wb") as log_file:
             self.proc = subprocess.Popen(
@@ -178,10 +213,15 @@ class WebServer:
         self._tmp.cleanup()
 
 
+def _broker_key(name: str) -> str:
+    """A Celery key as the broker stores it: behind this test worker's prefix (see settings)."""
+    return settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("global_keyprefix", "") + name
+
+
 def broker_unacked(url: str | None = None) -> int:
     import redis
 
-    return redis.Redis.from_url(url or settings.REDIS_URL, socket_timeout=5).hlen("unacked")
+    return redis.Redis.from_url(url or settings.REDIS_URL, socket_timeout=5).hlen(_broker_key("unacked"))
 
 
 def broker_idle(url: str | None = None, *, unacked_baseline: int = 0) -> bool:
@@ -190,7 +230,7 @@ def broker_idle(url: str | None = None, *, unacked_baseline: int = 0) -> bool:
     import redis
 
     client = redis.Redis.from_url(url or settings.REDIS_URL, socket_timeout=5)
-    return client.llen("celery") == 0 and client.hlen("unacked") <= unacked_baseline
+    return client.llen(_broker_key("celery")) == 0 and client.hlen(_broker_key("unacked")) <= unacked_baseline
 
 
 def run_manage_python(code: str, *, env: dict[str, str] | None = None, timeout: float = 120) -> str:
