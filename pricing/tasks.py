@@ -26,10 +26,18 @@ enqueue_match = dispatch.enqueue_match  # old import path, kept for callers outs
 @shared_task(acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def match_instrument(instrument_id: int) -> dict:
     cache.delete(dispatch.QUEUED_KEY.format(instrument_id))
+    loads = matcher.resident_stats["loaded"]
     report = matcher.instrument_match(instrument_id=instrument_id)
     if report.more_pending:
         dispatch.enqueue_match(instrument_id)
-    return {"instrument": instrument_id, "processed": report.processed, "trades": report.trades}
+    # Logged by the worker with the task's success line (operators and tests read "loads": how
+    # often the resident book had to be read from the orders table).
+    return {
+        "instrument": instrument_id,
+        "processed": report.processed,
+        "trades": report.trades,
+        "loads": matcher.resident_stats["loaded"] - loads,
+    }
 
 
 @shared_task(ignore_result=True)
