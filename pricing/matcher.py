@@ -74,13 +74,13 @@ class ResidentBook:
 
 # instrument id -> its resident book. Only a committed batch puts a book back (on_commit), so a
 # failed or rolled-back batch never leaves a book that differs from the database.
-_resident: dict[int, ResidentBook] = {}
+resident_books: dict[int, ResidentBook] = {}
 # Loads and reuses of resident books in this process (tests and the benchmark read them).
 resident_stats: Counter[str] = Counter()
 
 
 def resident_books_clear() -> None:
-    _resident.clear()
+    resident_books.clear()
 
 
 def instrument_match(*, instrument_id: int, max_batches: int = 50) -> MatchReport:
@@ -108,7 +108,7 @@ def instrument_has_commands(*, instrument_id: int) -> bool:
 
 
 def _resident_book(*, book_row: InstrumentBook, hw: dict[int, str]) -> ResidentBook:
-    resident = _resident.pop(book_row.instrument_id, None)
+    resident = resident_books.pop(book_row.instrument_id, None)
     if (
         resident is not None
         and resident.version == book_row.version
@@ -184,7 +184,7 @@ def match_locked(*, book_row: InstrumentBook, batch_size: int | None = None) -> 
     )  # fmt: skip
     resident.sequence = seq
     instrument_id = instrument.id
-    transaction.on_commit(lambda: _resident.__setitem__(instrument_id, resident))
+    transaction.on_commit(lambda: resident_books.__setitem__(instrument_id, resident))
     return len(cancels) + len(pending), trades
 
 

@@ -27,7 +27,7 @@ PRICE_PLACES = Decimal("0.0001")
 UTC = dt.UTC
 
 
-def _notional_expr() -> ExpressionWrapper:
+def notional_expr() -> ExpressionWrapper:
     return ExpressionWrapper(F("price") * F("quantity"), output_field=DecimalField(max_digits=38, decimal_places=4))
 
 
@@ -119,7 +119,7 @@ def instrument_candles(
                 high=Max("price"),
                 low=Min("price"),
                 volume=Sum("quantity"),
-                notional=Sum(_notional_expr()),
+                notional=Sum(notional_expr()),
                 trades=Count("id"),
                 first_seq=Min("match_sequence"),
                 last_seq=Max("match_sequence"),
@@ -205,7 +205,7 @@ def instrument_stats(*, instrument: Instrument, now: dt.datetime | None = None) 
     book = instrument.book
     agg = Trade.objects.filter(instrument=instrument, executed_at__gte=now - dt.timedelta(hours=24)).aggregate(
         volume=Sum("quantity"),
-        notional=Sum(_notional_expr()),
+        notional=Sum(notional_expr()),
         trades=Count("id"),
         high=Max("price"),
         low=Min("price"),
