@@ -4,7 +4,7 @@ Two figures, each beside a ceiling measured in the same run:
 1. in memory: pricing.auction.clear() (price discovery over every candidate price plus the
    priority allocation) vs sorting the same orders by price-time priority, the least any
    clearing must do;
-2. in the database (PostgreSQL): pricing.services.auction_clear() - load, clear, write the
+2. in the database (PostgreSQL): pricing.auction_runs.auction_clear() - load, clear, write the
    trades, order updates and escrow releases in one transaction - vs loading the same order
    rows and sorting them.
 
@@ -99,14 +99,15 @@ def bench_database(n: int) -> None:
     from django.db import connection, transaction
     from django.utils import timezone
 
-    from marketplace.models import Account, Hardware, Instrument, Order, Region, Tier
+    from marketplace.models import Account, Hardware, Order, Region, Tier
     from marketplace.services import instrument_create
     from metering import money
     from metering.ledger import ledger_account_ids, ledger_accounts_ensure, ledger_post
     from metering.models import LedgerAccount, LedgerTransaction
+    from metering.money import max_fee_bps
     from metering.services import funds_deposit
+    from pricing.auction_runs import auction_clear, auction_open
     from pricing.models import CallAuction
-    from pricing.services import auction_clear, auction_open, max_fee_bps
 
     if not settings.IS_POSTGRES:
         print("[db] skipped: set DATABASE_URL=postgres://... for the database figure")
@@ -146,7 +147,9 @@ def bench_database(n: int) -> None:
                 price=o.price,
                 hardware_id=hw_ids[o.hardware] if o.hardware else None,
                 allowed_hardware=sorted(o.allowed),
-                sequence=o.seq,
+                # Collected, not yet sequenced: the clear numbers those it fills, in id order
+                # (bulk_create keeps the list's order, which is the stream's).
+                sequence=None,
                 reserve_per_lot=reserve,
             )
         )
@@ -161,7 +164,6 @@ def bench_database(n: int) -> None:
                 legs=[(available[acct_pk], -total), (escrow[acct_pk], total)],
             )
         Order.objects.bulk_create(rows, batch_size=5000)
-        Instrument.objects.filter(pk=inst.pk).update(last_sequence=n)
         auction_open(instrument=inst)
     with connection.cursor() as cur:
         cur.execute("ANALYZE marketplace_order")
@@ -185,7 +187,7 @@ def bench_database(n: int) -> None:
                 "status",
             )
         )
-        return sorted(live, key=lambda r: ((-r["price"] if r["side"] == "buy" else r["price"]), r["sequence"]))
+        return sorted(live, key=lambda r: ((-r["price"] if r["side"] == "buy" else r["price"]), r["id"]))
 
     t_ceiling, _ = timed(ceiling, 3)
     t0 = time.perf_counter()

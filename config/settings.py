@@ -281,6 +281,9 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ALWAYS_EAGER = False
+# Each worker also consumes its own queue (<hostname>.dq2): pricing.dispatch routes an
+# instrument's matching there so its book stays resident in one worker.
+CELERY_WORKER_DIRECT = bool(REDIS_URL)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {
@@ -297,6 +300,13 @@ MAKER_FEE_BPS = env_int("MAKER_FEE_BPS", 5, minimum=0)
 TAKER_FEE_BPS = env_int("TAKER_FEE_BPS", 10, minimum=0)
 INSTRUMENT_DAYS_AHEAD = env_int("INSTRUMENT_DAYS_AHEAD", 7, minimum=1)
 MATCH_BATCH_SIZE = env_int("MATCH_BATCH_SIZE", 2000, minimum=1)
+# Routing matching to workers (pricing.dispatch): a worker heartbeats every few seconds and
+# drops out of routing when it has been silent for the TTL.
+MATCH_WORKER_HEARTBEAT_SECONDS = env_int("MATCH_WORKER_HEARTBEAT_SECONDS", 2, minimum=1)
+MATCH_WORKER_TTL_SECONDS = env_int("MATCH_WORKER_TTL_SECONDS", 10, minimum=2)
+# How long a cancel request waits for the matcher to apply its cancel command before applying
+# it itself under the instrument lock (marketplace.services.order_cancel), in milliseconds.
+ORDER_CANCEL_WAIT_MS = env_int("ORDER_CANCEL_WAIT_MS", 2000, minimum=0)
 ENERGY_SHARE_OF_COST = env_decimal("ENERGY_SHARE_OF_COST", "0.70")
 # Day-ahead call auction: orders for delivery day D+1 collect until gate closure (HH:MM UTC on D).
 DAY_AHEAD_AUCTION = env_bool("DAY_AHEAD_AUCTION", True)

@@ -155,7 +155,7 @@ class InstrumentAdmin(admin.ModelAdmin):
         # A live book's period, lot and tick are fixed: orders were sized against them.
         if obj is None:
             return ("status",)
-        return ("tier", "region", "delivery_date", "lot_size", "tick_size", "status", "last_sequence")
+        return ("tier", "region", "delivery_date", "lot_size", "tick_size", "status")
 
     def save_model(self, request: HttpRequest, obj: Instrument, form, change: bool) -> None:
         if change:
@@ -527,7 +527,8 @@ class OrderAdmin(ReadOnlyAdmin):
         done = 0
         for order in queryset.select_related("account"):
             try:
-                services.order_cancel(account=order.account, order_id=order.pk)
+                # An operator's cancel is applied at once (in sequence, under the book lock).
+                services.order_cancel(account=order.account, order_id=order.pk, wait_ms=0)
             except ServiceError as exc:
                 self.message_user(request, f"Order {order.pk}: {exc.message}", messages.ERROR)
                 continue

@@ -106,9 +106,6 @@ class Instrument(models.Model):
     tick_size = models.DecimalField(max_digits=12, decimal_places=4, default=Decimal("0.01"))
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
     enforce_energy_floor = models.BooleanField(default=False)
-    # Sequencing: placing an order takes the next number under this row's lock, so commit
-    # order equals sequence order per instrument and the matcher always sees a prefix.
-    last_sequence = models.PositiveBigIntegerField(default=0)
 
     class Meta:
         ordering = ["delivery_date", "tier__sort_order", "region__code"]
@@ -145,14 +142,21 @@ class Instrument(models.Model):
 
 
 class InstrumentBook(models.Model):
-    """The matching lock of one instrument.
+    """The matching lock and the sequencer of one instrument.
 
-    The matcher, cancellations and halts lock this row with SELECT ... FOR UPDATE; placement
-    locks the Instrument row (sequencing). Two rows keep placement from waiting on a batch.
+    The matcher, cancels applied outside it, halts, closes and auction clears lock this row with
+    SELECT ... FOR UPDATE. Placement takes no instrument-wide lock at all: it only writes the
+    order (and a buy's escrow), and the matcher, holding this lock, gives each order and each
+    cancel the next match sequence number when it applies it.
     """
 
     instrument = models.OneToOneField(Instrument, on_delete=models.CASCADE, primary_key=True, related_name="book")
+    # The last match sequence number handed out (to an order or to a cancel), under this lock.
     last_matched_sequence = models.PositiveBigIntegerField(default=0)
+    # Bumped by every change to the book made outside the matcher (a cancel applied by a
+    # request or an operator, expiry, halt, resume, close, auction clear): a worker's resident
+    # book is valid only while this and last_matched_sequence are what it last wrote.
+    version = models.PositiveBigIntegerField(default=0)
     last_trade_sequence = models.PositiveBigIntegerField(default=0)
     batches = models.PositiveBigIntegerField(default=0)
     # Top of book and last trade, kept by whoever holds this lock (market data reads them).
@@ -307,15 +311,20 @@ class Order(models.Model):
     client_order_id = models.CharField(max_length=64, null=True, blank=True)
     status = models.CharField(max_length=20, choices=OrderStatus.choices, default=OrderStatus.OPEN)
     filled_quantity = models.PositiveBigIntegerField(default=0)
-    sequence = models.PositiveBigIntegerField()
+    # Match sequence, assigned by the matcher when it applies the order (null until then):
+    # price-time priority, replay and determinism are defined on it.
+    sequence = models.PositiveBigIntegerField(null=True, blank=True)
     # True until the matcher has processed the order once (then it rests or is done).
     pending_match = models.BooleanField(default=True)
+    # A cancel command: recorded by order_cancel, applied in sequence by the matcher.
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
     # Buys: money reserved per lot still open (limit notional + the highest fee, rounded up).
     reserve_per_lot = models.DecimalField(max_digits=20, decimal_places=2, default=Decimal("0"))
     below_energy_floor = models.BooleanField(default=False)
     status_reason = models.CharField(max_length=64, blank=True)
-    # For replay: a cancellation happened after the matcher had processed this sequence number.
-    cancelled_after_sequence = models.PositiveBigIntegerField(null=True, blank=True)
+    # For replay: the match sequence number of the cancel command that cancelled this order;
+    # equal to `sequence` when the cancel was applied before the order reached the engine.
+    cancel_sequence = models.PositiveBigIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
 
@@ -339,9 +348,14 @@ class Order(models.Model):
         indexes = [
             models.Index(fields=["account", "-id"]),
             models.Index(
-                fields=["instrument", "sequence"],
+                fields=["instrument", "id"],
                 condition=Q(pending_match=True),
                 name="order_pending_idx",
+            ),
+            models.Index(
+                fields=["instrument", "cancel_requested_at"],
+                condition=Q(cancel_requested_at__isnull=False, status__in=["open", "partially_filled"]),
+                name="order_cancel_command_idx",
             ),
             models.Index(
                 fields=["instrument", "side", "price"],

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import secrets
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -22,7 +23,9 @@ from django.utils.text import slugify
 from metering import money
 from metering.ledger import InsufficientFunds, ledger_accounts_ensure, ledger_post
 from metering.models import LedgerTransaction
+from pricing.dispatch import enqueue_match_on_commit
 
+from .errors import NotFound, ServiceError
 from .models import (
     LIVE_STATUSES,
     Account,
@@ -39,25 +42,6 @@ from .models import (
     TimeInForce,
     check_transition,
 )
-
-
-class ServiceError(Exception):
-    """A refusal a person can act on; the API maps it to the one error shape."""
-
-    status = 400
-
-    def __init__(self, code: str, message: str, *, field: str | None = None, status: int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.field = field
-        if status is not None:
-            self.status = status
-
-
-class NotFound(ServiceError):
-    status = 404
-
 
 # --- accounts and keys ------------------------------------------------------------------
 
@@ -241,7 +225,8 @@ def instrument_close(*, instrument_id: int, now: dt.datetime | None = None) -> i
             inst.status = Instrument.Status.CLOSED
             inst.save(update_fields=["status"])
         book_row.best_bid = book_row.best_ask = None
-        book_row.save(update_fields=["best_bid", "best_ask"])
+        book_row.version += 1  # changed outside the matcher: resident books reload
+        book_row.save(update_fields=["best_bid", "best_ask", "version"])
     return len(orders)
 
 
@@ -249,7 +234,7 @@ def instrument_set_status(*, instrument: Instrument, status: str) -> Instrument:
     """Halt or resume trading. Resuming enqueues matching of what waited."""
     allowed = {Instrument.Status.OPEN: {Instrument.Status.HALTED}, Instrument.Status.HALTED: {Instrument.Status.OPEN}}
     with transaction.atomic():
-        InstrumentBook.objects.select_for_update().get(pk=instrument.pk)
+        book_row = InstrumentBook.objects.select_for_update().get(pk=instrument.pk)
         inst = Instrument.objects.select_for_update().get(pk=instrument.pk)
         if status == inst.status:
             return inst
@@ -259,18 +244,14 @@ def instrument_set_status(*, instrument: Instrument, status: str) -> Instrument:
             )
         inst.status = status
         inst.save(update_fields=["status"])
+        # Changed outside the matcher: resident books reload.
+        InstrumentBook.objects.filter(pk=book_row.pk).update(version=F("version") + 1)
         if status == Instrument.Status.OPEN:
-            _enqueue_match(inst.pk)
+            enqueue_match_on_commit(inst.pk)
     return inst
 
 
 # --- orders -----------------------------------------------------------------------------
-
-
-def _enqueue_match(instrument_id: int) -> None:
-    from pricing.tasks import enqueue_match
-
-    transaction.on_commit(lambda: enqueue_match(instrument_id))
 
 
 def _check_multiple(value: Decimal, step: Decimal) -> bool:
@@ -294,9 +275,9 @@ def order_place(
 
     A buy reserves its maximum cost (every lot at the limit, plus the highest fee, rounded up)
     from available into escrow in the same transaction, or is refused with insufficient_funds.
-    Takes the Instrument row lock (for the sequence number) before the ledger locks and holds
-    it to commit, so commit order is sequence order per instrument: the matcher, reading
-    committed pending orders, always sees a gap-free prefix of the sequence.
+    Takes no instrument-wide lock: only the buyer's own ledger rows are locked (by the escrow
+    posting), so placements on one instrument never wait for each other. The order has no
+    match sequence yet: the matcher gives it one when it applies it (pricing.matcher).
     """
     now = now or timezone.now()
     if side not in Side.values:
@@ -354,8 +335,8 @@ def order_place(
     if client_order_id is not None:
         client_order_id = client_order_id.strip() or None
 
+    from metering.money import max_fee_bps
     from pricing.floor import order_below_floor
-    from pricing.services import max_fee_bps
 
     below_floor = False
     if side == Side.SELL:
@@ -380,13 +361,6 @@ def order_place(
                     "duplicate_client_order_id", f"client_order_id {client_order_id!r} is already used by another order.",
                     field="client_order_id", status=409,
                 )
-            # The Instrument row lock (sequence) comes before the ledger locks, as everywhere.
-            updated = Instrument.objects.filter(pk=instrument.pk, status=Instrument.Status.OPEN).update(
-                last_sequence=F("last_sequence") + 1
-            )
-            if not updated:
-                raise ServiceError("instrument_not_open", f"{instrument.symbol} is not open.", status=409)
-            seq = Instrument.objects.values_list("last_sequence", flat=True).get(pk=instrument.pk)
             order = Order.objects.create(
                 account=account,
                 instrument=instrument,
@@ -397,7 +371,6 @@ def order_place(
                 hardware_id=hardware_obj_id,
                 allowed_hardware=allowed,
                 client_order_id=client_order_id,
-                sequence=seq,
                 reserve_per_lot=reserve,
                 below_energy_floor=below_floor,
                 created_at=now,
@@ -420,7 +393,7 @@ def order_place(
                         f"(quantity x limit + the highest fee); available is {ledger['available'].balance}.",
                         status=402,
                     ) from None
-            _enqueue_match(instrument.pk)
+            enqueue_match_on_commit(instrument.pk)
     except IntegrityError as exc:
         if "client_order_id" in str(exc):
             raise ServiceError(
@@ -437,7 +410,9 @@ def _order_finish(*, order: Order, status: str, reason: str, now: dt.datetime) -
     order.status_reason = reason
     order.pending_match = False
     order.updated_at = now
-    order.save(update_fields=["status", "status_reason", "pending_match", "updated_at", "cancelled_after_sequence"])
+    order.save(
+        update_fields=["status", "status_reason", "pending_match", "updated_at", "sequence", "cancel_sequence"]
+    )
 
 
 def _release_escrow(*, orders: list[Order], key_prefix: str, instrument: Instrument) -> None:
@@ -461,33 +436,85 @@ def _release_escrow(*, orders: list[Order], key_prefix: str, instrument: Instrum
         )
 
 
-def order_cancel(*, account: Account, order_id: int, now: dt.datetime | None = None) -> Order:
-    """Cancel a live order of `account` and release its escrow.
-
-    Takes the instrument's matching lock, and first matches whatever was sequenced before the
-    cancel arrived, so a cancel is an event in sequence like any order (replay stays exact).
-    """
-    from pricing.services import book_refresh_top, match_locked
-
+def order_cancel_request(*, account: Account, order_id: int, now: dt.datetime | None = None) -> Order:
+    """Record a cancel command on a live order of `account` and queue the matcher, which
+    applies it in sequence. Repeating it changes nothing. Locks only the order's row."""
     now = now or timezone.now()
-    order = Order.objects.filter(pk=order_id, account=account).select_related("instrument").first()
-    if order is None:
-        raise NotFound("order_not_found", f"No order {order_id} in your account.")
     with transaction.atomic():
-        book_row = InstrumentBook.objects.select_for_update().get(pk=order.instrument_id)
-        while match_locked(book_row=book_row)[0]:
-            pass
-        order.refresh_from_db()
-        cancellable = order.is_live
-        if cancellable:
-            order.cancelled_after_sequence = book_row.last_matched_sequence
-            _order_finish(order=order, status=OrderStatus.CANCELLED, reason="cancelled_by_user", now=now)
-            _release_escrow(orders=[order], key_prefix="cancel", instrument=order.instrument)
-            book_refresh_top(book_row=book_row)
-    if not cancellable:
-        # Refused after commit, so the matching done above stands and the status we report
-        # is the one the order keeps.
-        raise ServiceError(
-            "order_not_cancellable", f"Order {order_id} is {order.status}; only open orders can be cancelled.", status=409
+        order = (
+            Order.objects.select_for_update(of=("self",))
+            .select_related("instrument")
+            .filter(pk=order_id, account=account)
+            .first()
         )
+        if order is None:
+            raise NotFound("order_not_found", f"No order {order_id} in your account.")
+        if not order.is_live:
+            raise _not_cancellable(order)
+        if order.cancel_requested_at is None:
+            order.cancel_requested_at = now
+            order.save(update_fields=["cancel_requested_at"])
+        enqueue_match_on_commit(order.instrument_id)
     return order
+
+
+def _not_cancellable(order: Order) -> ServiceError:
+    return ServiceError(
+        "order_not_cancellable", f"Order {order.pk} is {order.status}; only open orders can be cancelled.", status=409
+    )
+
+
+def order_cancel(
+    *, account: Account, order_id: int, now: dt.datetime | None = None, wait_ms: int | None = None
+) -> Order:
+    """Cancel a live order of `account` and answer with its final state.
+
+    The cancel is a command in the instrument's match sequence: recorded on the order, applied
+    by the matcher (which releases the escrow in its batch). The request waits for that at most
+    `wait_ms` (settings.ORDER_CANCEL_WAIT_MS); if the matcher has not got there by then (no
+    worker, or a backlog after an outage) the request applies its own cancel command under the
+    instrument lock, taking the next sequence number itself. That is bounded work: one order,
+    whatever the backlog, and waiting for the lock means waiting for at most one batch. Raises
+    order_not_cancellable (409) if a fill or expiry got there first.
+    """
+    order = order_cancel_request(account=account, order_id=order_id, now=now)
+    wait = settings.ORDER_CANCEL_WAIT_MS if wait_ms is None else wait_ms
+    deadline = time.monotonic() + wait / 1000
+    pause = 0.005
+    while True:
+        status = Order.objects.filter(pk=order.pk).values_list("status", flat=True).get()
+        if status not in LIVE_STATUSES:
+            break
+        left = deadline - time.monotonic()
+        if left <= 0:
+            _order_cancel_apply(order_id=order.pk, instrument_id=order.instrument_id, now=now or timezone.now())
+            break
+        time.sleep(min(pause, left))
+        pause = min(pause * 2, 0.05)
+    order.refresh_from_db()
+    if order.status != OrderStatus.CANCELLED:
+        raise _not_cancellable(order)
+    return order
+
+
+def _order_cancel_apply(*, order_id: int, instrument_id: int, now: dt.datetime) -> None:
+    """Apply one order's recorded cancel command outside the matcher, in sequence: under the
+    instrument's book lock, with the next match sequence number (and the order's own one too if
+    the matcher never reached it). Bumps the book version, so resident books reload."""
+    with transaction.atomic():
+        book_row = InstrumentBook.objects.select_for_update().get(pk=instrument_id)
+        order = Order.objects.select_for_update().select_related("instrument").get(pk=order_id)
+        if not order.is_live or order.cancel_requested_at is None:
+            return
+        seq = book_row.last_matched_sequence + 1
+        if order.pending_match:
+            order.sequence = seq  # cancelled before it reached the engine: replay skips it
+        order.cancel_sequence = seq
+        _order_finish(order=order, status=OrderStatus.CANCELLED, reason="cancelled_by_user", now=now)
+        _release_escrow(orders=[order], key_prefix="cancel", instrument=order.instrument)
+        book_row.last_matched_sequence = seq
+        book_row.version += 1
+        book_row.save(update_fields=["last_matched_sequence", "version"])
+        from pricing.book_rows import book_top_refresh
+
+        book_top_refresh(book_row=book_row)

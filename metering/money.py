@@ -49,3 +49,17 @@ def contract_escrow(*, quantity: int, price: Decimal, fee_bps: int) -> Decimal:
     """
     value = round_reserve(notional(quantity, price))
     return value + round_reserve(value * fee_bps / BPS)
+
+
+def fee_bps(*, maker: bool) -> int:
+    """The exchange's fee rate (basis points of value) for a maker or a taker."""
+    from django.conf import settings
+
+    return settings.MAKER_FEE_BPS if maker else settings.TAKER_FEE_BPS
+
+
+def max_fee_bps() -> int:
+    """The highest fee rate: a buy reserves it, since it may end up maker or taker."""
+    from django.conf import settings
+
+    return max(settings.MAKER_FEE_BPS, settings.TAKER_FEE_BPS)

@@ -17,7 +17,7 @@ from rest_framework.views import APIView
 
 from marketplace import services
 from marketplace.api.fields import price_str
-from marketplace.services import ServiceError
+from marketplace.errors import ServiceError
 
 from . import quote, selectors
 

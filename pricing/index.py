@@ -21,7 +21,7 @@ from django.utils import timezone
 from marketplace.models import Trade
 
 from .models import IndexValue
-from .selectors import _notional_expr, vwap
+from .selectors import notional_expr, vwap
 
 
 def index_compute(*, start: dt.date, end: dt.date) -> list[dict]:
@@ -34,7 +34,7 @@ def index_compute(*, start: dt.date, end: dt.date) -> list[dict]:
         .values("instrument__tier_id", "day")
         .annotate(
             volume=Sum("quantity"),
-            notional=Sum(_notional_expr()),
+            notional=Sum(notional_expr()),
             trades=Count("id"),
             instruments=Count("instrument", distinct=True),
         )

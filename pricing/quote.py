@@ -16,12 +16,12 @@ from decimal import ROUND_HALF_EVEN, Decimal
 
 from django.utils import timezone
 
+from marketplace.errors import ServiceError
 from marketplace.models import Hardware, Instrument
-from marketplace.services import ServiceError
 from metering import money
+from metering.money import fee_bps
 
 from . import engine, selectors
-from .services import fee_bps
 
 _NO_LIMIT_BUY = Decimal("1e12")
 _NO_LIMIT_SELL = Decimal("0")

@@ -1,27 +1,26 @@
-"""Replay: rebuild an instrument's trades from its order sequence with the pure engine.
+"""Replay: rebuild an instrument's trades from its match sequence with the pure engine.
 
 Matching is deterministic (PRODUCT.md §3): the trades of an instrument are a function of its
-orders in sequence order plus the cancellations, each recorded at the position where it
-happened (`Order.cancelled_after_sequence`: the cancel took the matching lock after the
-matcher had processed every order up to that sequence number). Replaying that stream through
+match sequence, the numbers the matcher (pricing.matcher) hands out under the instrument lock
+as it applies each command: an order's `sequence` (it was submitted to the engine there) and a
+cancel's `cancel_sequence` (it was removed from the book there). Replaying that stream through
 pricing.engine in one process must give exactly the trades the database holds, however many
-workers, batches or halts produced them. Tests use it after concurrent runs; operators can use
-it to audit a book:
+workers, batches, cancels applied by requests, or halts produced them. Tests use it after
+concurrent runs; operators can use it to audit a book:
 
     from pricing.replay import instrument_replay, instrument_trades
     assert instrument_replay(instrument_id=7) == instrument_trades(instrument_id=7)
 
-Only orders the matcher has processed take part (sequence <= the book's
-last_matched_sequence): an order still pending, or expired while its instrument was halted,
-never reached the engine. An order cancelled before the matcher reached it
-(cancelled_after_sequence < its own sequence) never reached the engine either.
+Only sequenced orders take part: an order still pending, or expired while its instrument was
+halted, never reached the engine. An order whose cancel_sequence equals its sequence was
+cancelled before the matcher reached it and never reached the engine either.
 """
 
 from __future__ import annotations
 
 from decimal import Decimal
 
-from marketplace.models import Hardware, InstrumentBook, Order, Trade
+from marketplace.models import Hardware, Order, Trade
 
 from . import engine
 
@@ -46,14 +45,9 @@ def instrument_replay(*, instrument_id: int) -> list[TradeTuple]:
         raise ReplayUnsupported(
             f"instrument {instrument_id} traded in a call auction; replay covers continuous matching"
         )
-    last_matched = (
-        InstrumentBook.objects.filter(pk=instrument_id).values_list("last_matched_sequence", flat=True).first() or 0
-    )
     hw = dict(Hardware.objects.values_list("id", "code"))
     rows = list(
-        Order.objects.filter(instrument_id=instrument_id, sequence__lte=last_matched)
-        .order_by("sequence")
-        .values(
+        Order.objects.filter(instrument_id=instrument_id, sequence__isnull=False).values(
             "id",
             "sequence",
             "account_id",
@@ -63,25 +57,24 @@ def instrument_replay(*, instrument_id: int) -> list[TradeTuple]:
             "time_in_force",
             "hardware_id",
             "allowed_hardware",
-            "cancelled_after_sequence",
+            "cancel_sequence",
         )
     )
-    # Cancellations by position: a cancel recorded "after c" applies before the order c + 1.
-    cancels = sorted(
-        (r["cancelled_after_sequence"], r["sequence"], r["id"])
-        for r in rows
-        if r["cancelled_after_sequence"] is not None
-    )
-    never_submitted = {order_id for after, seq, order_id in cancels if after < seq}
+    # (number, 0 = submit | 1 = cancel, row): each number is used once, by one command.
+    events: list[tuple[int, int, dict]] = []
+    for r in rows:
+        if r["cancel_sequence"] == r["sequence"]:
+            continue
+        events.append((r["sequence"], 0, r))
+        if r["cancel_sequence"] is not None:
+            events.append((r["cancel_sequence"], 1, r))
+    events.sort(key=lambda e: (e[0], e[1]))
 
     book = engine.OrderBook()
     trades: list[TradeTuple] = []
-    ci = 0
-    for r in rows:
-        while ci < len(cancels) and cancels[ci][0] < r["sequence"]:
-            book.cancel(cancels[ci][2])  # None if it never rested (already gone): nothing to do
-            ci += 1
-        if r["id"] in never_submitted:
+    for _, kind, r in events:
+        if kind == 1:
+            book.cancel(r["id"])  # None if it never rested (already gone): nothing to do
             continue
         result = book.submit(
             engine.BookOrder(

@@ -17,8 +17,8 @@ from django.db.models.expressions import RawSQL
 from django.db.models.functions import Trunc
 from django.utils import timezone
 
+from marketplace.errors import NotFound, ServiceError
 from marketplace.models import LIVE_STATUSES, Hardware, HardwareThroughput, Instrument, Order, Region, Tier, Trade
-from marketplace.services import NotFound, ServiceError
 
 from .floor import energy_cost_per_mtok
 from .models import CallAuction, IndexValue
@@ -27,7 +27,7 @@ PRICE_PLACES = Decimal("0.0001")
 UTC = dt.UTC
 
 
-def _notional_expr() -> ExpressionWrapper:
+def notional_expr() -> ExpressionWrapper:
     return ExpressionWrapper(F("price") * F("quantity"), output_field=DecimalField(max_digits=38, decimal_places=4))
 
 
@@ -119,7 +119,7 @@ def instrument_candles(
                 high=Max("price"),
                 low=Min("price"),
                 volume=Sum("quantity"),
-                notional=Sum(_notional_expr()),
+                notional=Sum(notional_expr()),
                 trades=Count("id"),
                 first_seq=Min("match_sequence"),
                 last_seq=Max("match_sequence"),
@@ -205,7 +205,7 @@ def instrument_stats(*, instrument: Instrument, now: dt.datetime | None = None) 
     book = instrument.book
     agg = Trade.objects.filter(instrument=instrument, executed_at__gte=now - dt.timedelta(hours=24)).aggregate(
         volume=Sum("quantity"),
-        notional=Sum(_notional_expr()),
+        notional=Sum(notional_expr()),
         trades=Count("id"),
         high=Max("price"),
         low=Min("price"),
@@ -331,13 +331,16 @@ def instrument_engine_book(*, instrument: Instrument):
 
     Exactly what the matcher loads; the caller may submit orders to it freely (it is a copy).
     """
-    from . import engine
-    from .services import _ORDER_FIELDS, _book_order, _hardware_codes
+    from . import book_rows, engine
 
-    hw = _hardware_codes()
+    hw = book_rows.hardware_codes()
     live = Order.objects.filter(instrument=instrument, status__in=LIVE_STATUSES)
-    resting = [_book_order(r, hw) for r in live.filter(pending_match=False).values(*_ORDER_FIELDS)]
-    pending = [_book_order(r, hw) for r in live.filter(pending_match=True).order_by("sequence").values(*_ORDER_FIELDS)]
+    resting = [book_rows.book_order(r, hw) for r in book_rows.order_rows(live.filter(pending_match=False))]
+    # Pending orders have no match sequence yet; the matcher will apply them in id order.
+    pending = []
+    last = instrument.book.last_matched_sequence
+    for i, r in enumerate(book_rows.order_rows(live.filter(pending_match=True).order_by("id")), start=1):
+        pending.append(book_rows.book_order({**r, "sequence": last + i}, hw))
     return engine.OrderBook(resting), pending
 
 
@@ -391,11 +394,11 @@ def instrument_auction_get(*, instrument: Instrument, allocate: bool = False) ->
         raise NotFound("no_call_auction", f"{instrument.symbol} has no day-ahead call auction.")
     if auction.status == CallAuction.Status.CLEARED:
         return AuctionView(auction)
+    from . import book_rows
     from .auction import clear, clearing_price
-    from .services import _auction_orders, _hardware_codes, auction_reference_price
 
-    _, orders = _auction_orders(instrument.pk, _hardware_codes())
-    ref = auction_reference_price(instrument=instrument, book_row=instrument.book)
+    _, orders = book_rows.auction_orders(instrument_id=instrument.pk, hw=book_rows.hardware_codes())
+    ref = book_rows.auction_reference_price(instrument=instrument, book_row=instrument.book)
     result = (clear if allocate else clearing_price)(orders, reference_price=ref, tick=instrument.tick_size)
     return AuctionView(auction, result, collected_orders=len(orders))
 

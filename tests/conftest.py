@@ -16,10 +16,14 @@ from tests.workers import celery_workers  # noqa: F401 (fixture: real Celery wor
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
-def _missing(reason: str):
+def service_missing(reason: str):
+    """Skip a test whose service is missing here; fail it under CI=true."""
     if IN_CI:
         pytest.fail(f"{reason} (CI=true: this test must run, not skip)")
     pytest.skip(reason)
+
+
+_missing = service_missing  # the old name, for this module's own use
 
 
 @pytest.fixture(autouse=True)
@@ -35,10 +39,16 @@ def _matching_queue(request, monkeypatch):
     """Record enqueued matching instead of sending it, except in tests with real workers.
 
     Unit tests call the matcher service themselves; tests marked `workers` use the broker.
+    Resident books are per process: each test starts without any.
     """
+    from pricing.matcher import resident_books_clear
+
+    resident_books_clear()
     queued: list[int] = []
     if not request.node.get_closest_marker("workers"):
-        monkeypatch.setattr("pricing.tasks.enqueue_match", queued.append)
+        monkeypatch.setattr("pricing.dispatch.enqueue_match", queued.append)
+        # No matcher runs, so a cancel applies its own command at once instead of waiting.
+        monkeypatch.setattr(settings, "ORDER_CANCEL_WAIT_MS", 0)
     return queued
 
 

@@ -35,7 +35,7 @@ def test_it_places_a_buy_order_and_reserves_escrow(buyer_api, buyer, instrument)
     data = r.json()
     assert data["status"] == "open" and data["price"] == "1.50" and data["quantity"] == 10_000_000
     order = Order.objects.get(pk=data["id"])
-    assert order.pending_match and order.sequence == 1
+    assert order.pending_match and order.sequence is None  # the matcher gives it one
     # 10 lots x (15.00 value + 0.02 highest fee rounded up) = 150.20
     assert order.reserve_per_lot == Decimal("1.51")
     b = balances_get(account=buyer)

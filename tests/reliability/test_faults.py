@@ -276,7 +276,7 @@ def test_a_dropped_database_connection_gives_503_writes_nothing_and_the_retry_is
     body = order_body(inst, "buy", 5, "2.00")
     idem = f"drop-{uuid.uuid4().hex}"
     before = ledger_snapshot()
-    sequence_before = Instrument.objects.get(pk=inst.pk).last_sequence
+    sequence_before = InstrumentBook.objects.get(pk=inst.pk).last_matched_sequence
     app_name = f"ciyuan-fault-web-{uuid.uuid4().hex[:6]}"
     with WebServer(env={"PGAPPNAME": app_name}, workers=1) as web:
         result: dict = {}
@@ -287,8 +287,8 @@ def test_a_dropped_database_connection_gives_503_writes_nothing_and_the_retry_is
         with row_locks("metering_ledgeraccount", _buyer_ledger_ids(buyer)):
             thread = threading.Thread(target=place)
             thread.start()
-            # The request has taken a sequence number and inserted the order, and now waits
-            # for the buyer's ledger rows to reserve escrow: kill its connection there.
+            # The request has inserted the order and now waits for the buyer's ledger rows to
+            # reserve escrow: kill its connection there.
             backend = wait_for(
                 lambda: backends_waiting_on_locks(application_name=app_name),
                 timeout=60,
@@ -307,7 +307,7 @@ def test_a_dropped_database_connection_gives_503_writes_nothing_and_the_retry_is
         assert Order.objects.count() == 0
         assert IdempotencyRecord.objects.count() == 0
         assert ledger_snapshot() == before
-        assert Instrument.objects.get(pk=inst.pk).last_sequence == sequence_before
+        assert InstrumentBook.objects.get(pk=inst.pk).last_matched_sequence == sequence_before
 
         # The client retries with the same key: placed once; a second retry replays it.
         first = post_order(web.url, buyer_key, body, idempotency_key=idem)

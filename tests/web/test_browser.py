@@ -23,7 +23,7 @@ from metering.selectors import balances_get
 from metering.services import funds_deposit
 from pricing.services import instrument_match
 from tests import factories
-from tests.conftest import _missing
+from tests.conftest import service_missing as _missing
 from tests.invariants import assert_invariants
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

@@ -1,0 +1,294 @@
+"""The continuous matcher and sequencer: lock an instrument, apply its commands, write in bulk.
+
+Placement only records orders (and a buy's escrow) and takes no instrument-wide lock; a cancel
+only records a command on the order (marketplace.services.order_cancel). The matcher, holding
+the instrument's InstrumentBook row lock, applies what was committed since its last batch and
+gives each command the next match sequence number as it applies it:
+
+1. the cancel commands (in the order they were requested), then
+2. the new orders (in the order of their ids),
+
+each up to settings.MATCH_BATCH_SIZE per batch. Price-time priority, replay (pricing.replay)
+and determinism are defined on that sequence. One batch is one transaction: trades, order
+changes, escrow releases and top of book are bulk writes, and a crash mid-batch leaves nothing
+behind. Any number of workers may call instrument_match at once: the lock serializes them.
+
+A resident book: each worker process keeps every instrument's book (engine.OrderBook plus the
+order rows) in memory between batches and reloads it from the orders table only when the book
+row's `version` (bumped by every change made outside the matcher) or `last_matched_sequence`
+(moved by another worker) differs from what this process last wrote. Matching is routed to one
+worker per instrument (pricing.dispatch), so the book normally stays warm.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Exists, OuterRef, Q
+from django.utils import timezone
+
+from marketplace.models import (
+    LIVE_STATUSES,
+    Instrument,
+    InstrumentBook,
+    Order,
+    OrderStatus,
+    check_transition,
+)
+from metering import money
+from metering.ledger import ledger_account_ids, ledger_post
+from metering.models import LedgerAccount, LedgerTransaction
+
+from . import book_rows, engine
+from .models import CallAuction
+
+log = logging.getLogger(__name__)
+
+CANCEL_REASON = "cancelled_by_user"
+
+
+@dataclass
+class MatchReport:
+    instrument_id: int
+    processed: int = 0
+    trades: int = 0
+    batches: int = 0
+    more_pending: bool = False
+
+
+@dataclass
+class ResidentBook:
+    """One instrument's book as this process last wrote it."""
+
+    version: int
+    sequence: int
+    book: engine.OrderBook
+    rows: dict[int, dict]  # resting order rows by id (book_rows.ORDER_FIELDS)
+
+
+# instrument id -> its resident book. Only a committed batch puts a book back (on_commit), so a
+# failed or rolled-back batch never leaves a book that differs from the database.
+resident_books: dict[int, ResidentBook] = {}
+# Loads and reuses of resident books in this process (tests and the benchmark read them).
+resident_stats: Counter[str] = Counter()
+
+
+def resident_books_clear() -> None:
+    resident_books.clear()
+
+
+def instrument_match(*, instrument_id: int, max_batches: int = 50) -> MatchReport:
+    """Apply everything pending on one instrument, one transaction per batch."""
+    report = MatchReport(instrument_id)
+    for _ in range(max_batches):
+        with transaction.atomic():
+            book_row = InstrumentBook.objects.select_for_update().get(pk=instrument_id)
+            processed, trades = match_locked(book_row=book_row)
+        if processed == 0:
+            return report
+        report.processed += processed
+        report.trades += trades
+        report.batches += 1
+    report.more_pending = instrument_has_commands(instrument_id=instrument_id)
+    return report
+
+
+def instrument_has_commands(*, instrument_id: int) -> bool:
+    """Whether an order or a cancel of the instrument waits for the matcher."""
+    return Order.objects.filter(
+        Q(pending_match=True) | Q(cancel_requested_at__isnull=False, status__in=LIVE_STATUSES),
+        instrument_id=instrument_id,
+    ).exists()
+
+
+def _resident_book(*, book_row: InstrumentBook, hw: dict[int, str]) -> ResidentBook:
+    resident = resident_books.pop(book_row.instrument_id, None)
+    if (
+        resident is not None
+        and resident.version == book_row.version
+        and resident.sequence == book_row.last_matched_sequence
+    ):
+        resident_stats["reused"] += 1
+        return resident
+    resident_stats["loaded"] += 1
+    rows = book_rows.resting_rows(instrument_id=book_row.instrument_id)
+    book = engine.OrderBook(book_rows.book_order(r, hw) for r in rows)
+    return ResidentBook(book_row.version, book_row.last_matched_sequence, book, {r["id"]: r for r in rows})
+
+
+def match_locked(*, book_row: InstrumentBook, batch_size: int | None = None) -> tuple[int, int]:
+    """Run one batch. The caller holds SELECT FOR UPDATE on `book_row` inside a transaction.
+
+    Returns (commands applied, trades written). Cancels are applied while an instrument is
+    halted or collecting its call auction; new orders only while it trades continuously.
+    """
+    instrument = Instrument.objects.annotate(
+        in_call_auction=Exists(
+            CallAuction.objects.filter(instrument=OuterRef("pk"), status=CallAuction.Status.COLLECTING)
+        )
+    ).get(pk=book_row.instrument_id)
+    now = timezone.now()
+    if instrument.status not in (Instrument.Status.OPEN, Instrument.Status.HALTED) or now >= instrument.delivery_end:
+        return 0, 0
+    batch_size = batch_size or settings.MATCH_BATCH_SIZE
+    live = Order.objects.filter(instrument_id=instrument.id, status__in=LIVE_STATUSES)
+    cancels = book_rows.order_rows(
+        live.filter(cancel_requested_at__isnull=False).order_by("cancel_requested_at", "id")[:batch_size]
+    )
+    pending: list[dict] = []
+    if instrument.status == Instrument.Status.OPEN and not instrument.in_call_auction:
+        pending = book_rows.order_rows(
+            Order.objects.filter(instrument_id=instrument.id, pending_match=True, cancel_requested_at__isnull=True)
+            .order_by("id")[:batch_size]
+        )
+    if not cancels and not pending:
+        return 0, 0
+    hw = book_rows.hardware_codes()
+    resident = _resident_book(book_row=book_row, hw=hw)
+    lot = instrument.lot_size
+    seq = book_row.last_matched_sequence
+    release: dict[int, Decimal] = defaultdict(Decimal)  # buyer Account id -> escrow to release
+    updates: list[book_rows.OrderUpdate] = []
+
+    for row in cancels:
+        seq += 1
+        if row["pending_match"]:
+            # Cancelled before the matcher reached it: sequenced and cancelled in one step, it
+            # never enters the engine (replay skips an order whose cancel_sequence == sequence).
+            order_seq = seq
+        else:
+            order_seq = row["sequence"]
+            gone = resident.book.cancel(row["id"])
+            assert gone is not None, f"order {row['id']} rests in the database but not in the resident book"
+            resident.rows.pop(row["id"], None)
+        check_transition(row["status"], OrderStatus.CANCELLED)
+        updates.append((row["id"], row["filled_quantity"], OrderStatus.CANCELLED, CANCEL_REASON, False, order_seq, seq))
+        if row["side"] == engine.BUY:
+            release[row["account_id"]] += ((row["quantity"] - row["filled_quantity"]) // lot) * row["reserve_per_lot"]
+
+    results = []
+    for row in pending:
+        seq += 1
+        row["sequence"] = seq
+        results.append(resident.book.submit(book_rows.book_order(row, hw)))
+
+    trades = _write_batch(
+        instrument=instrument, book_row=book_row, resident=resident, pending=pending, results=results,
+        updates=updates, release=release, last_sequence=seq, hw=hw, now=now,
+    )  # fmt: skip
+    resident.sequence = seq
+    instrument_id = instrument.id
+    transaction.on_commit(lambda: resident_books.__setitem__(instrument_id, resident))
+    return len(cancels) + len(pending), trades
+
+
+def _write_batch(
+    *,
+    instrument: Instrument,
+    book_row: InstrumentBook,
+    resident: ResidentBook,
+    pending: list[dict],
+    results: list[engine.Result],
+    updates: list[book_rows.OrderUpdate],
+    release: dict[int, Decimal],
+    last_sequence: int,
+    hw: dict[int, str],
+    now: dt.datetime,
+) -> int:
+    hw_ids = {code: pk for pk, code in hw.items()}
+    lot = instrument.lot_size
+    rows_by_id = resident.rows
+    pending_by_id = {r["id"]: r for r in pending}
+    trades: list[tuple] = []  # book_rows.TRADE_COLUMNS
+    filled_by: dict[int, int] = defaultdict(int)
+    final: dict[int, tuple[str, str]] = {}  # order id -> (status, reason) for takers
+    trade_seq = book_row.last_trade_sequence
+
+    def row_of(order_id: int) -> dict:
+        return pending_by_id.get(order_id) or rows_by_id[order_id]
+
+    for res in results:
+        taker = res.order
+        for f in res.fills:
+            trade_seq += 1
+            buyer_is_maker = f.aggressor == engine.SELL
+            buyer_bps = money.fee_bps(maker=buyer_is_maker)
+            seller_bps = money.fee_bps(maker=not buyer_is_maker)
+            escrow = money.contract_escrow(quantity=f.quantity, price=f.price, fee_bps=buyer_bps)
+            release[f.buyer_account_id] += (f.quantity // lot) * row_of(f.buy_id)["reserve_per_lot"] - escrow
+            filled_by[f.maker_id] += f.quantity
+            filled_by[f.taker_id] += f.quantity
+            trades.append(
+                (f.buy_id, f.sell_id, f.buyer_account_id, f.seller_account_id, hw_ids[f.hardware], f.quantity,
+                 f.price, f.aggressor, trade_seq, buyer_bps, seller_bps, escrow)
+            )  # fmt: skip
+        if res.outcome in (engine.CANCELLED, engine.REJECTED):
+            final[taker.id] = (
+                OrderStatus.REJECTED if res.outcome == engine.REJECTED else OrderStatus.CANCELLED,
+                res.reason,
+            )
+            if taker.side == engine.BUY and taker.remaining:
+                release[taker.account_id] += (taker.remaining // lot) * pending_by_id[taker.id]["reserve_per_lot"]
+
+    # Every pending order leaves pending with its sequence; filled orders change quantity and
+    # status. The resident rows follow, so the next batch needs no read.
+    touched = [r.order.id for r in results] + [oid for oid in filled_by if oid not in pending_by_id]
+    for order_id in touched:
+        row = row_of(order_id)
+        filled = row["filled_quantity"] + filled_by.get(order_id, 0)
+        if order_id in final:
+            status, reason = final[order_id]
+        elif filled == row["quantity"]:
+            status, reason = OrderStatus.FILLED, ""
+        elif filled > 0:
+            status, reason = OrderStatus.PARTIALLY_FILLED, ""
+        else:
+            status, reason = OrderStatus.OPEN, ""
+        check_transition(row["status"], status)
+        updates.append((order_id, filled, status, reason, False, row["sequence"], None))
+        row.update(filled_quantity=filled, status=status, pending_match=False)
+        if status in LIVE_STATUSES:
+            rows_by_id[order_id] = row
+        else:
+            rows_by_id.pop(order_id, None)
+    book_rows.orders_update(updates, now)
+    book_rows.trades_insert(instrument_id=instrument.id, trades=trades, now=now)
+    escrow_release_post(instrument_id=instrument.id, batch_key=str(last_sequence), release=release)
+
+    book_row.last_matched_sequence = last_sequence
+    book_row.last_trade_sequence = trade_seq
+    book_row.batches += 1
+    # The resident book is the whole book, so top of book needs no query.
+    book_row.best_bid, book_row.best_ask = resident.book.best_bid(), resident.book.best_ask()
+    if trades:
+        book_row.last_price = trades[-1][book_rows.TRADE_COLUMNS.index("price")]
+        book_row.last_trade_at = now
+    book_row.save()
+    return len(trades)
+
+
+def escrow_release_post(*, instrument_id: int, batch_key: str, release: dict[int, Decimal]) -> None:
+    """Give buyers back, in one ledger transaction, what their fills and cancels no longer hold
+    in escrow. The caller holds the instrument's book row lock."""
+    release = {a: amt for a, amt in release.items() if amt}
+    if not release:
+        return
+    escrow_ids = ledger_account_ids(release, LedgerAccount.Kind.ESCROW)
+    available_ids = ledger_account_ids(release, LedgerAccount.Kind.AVAILABLE)
+    legs = []
+    for account_id, amount in release.items():
+        assert amount > 0, "a fill never needs more escrow than its order reserved"
+        legs.append((escrow_ids[account_id], -amount))
+        legs.append((available_ids[account_id], amount))
+    ledger_post(
+        key=f"match:{instrument_id}:{batch_key}",
+        kind=LedgerTransaction.Kind.MATCH,
+        legs=legs,
+        memo=f"escrow released by matching on instrument {instrument_id} up to sequence {batch_key}",
+    )
