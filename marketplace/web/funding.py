@@ -16,7 +16,8 @@ from metering.models import FundingRequest
 from metering.selectors import balances_get
 
 from .forms import add_service_error
-from .views import _page, account_required
+from .pages import account_required
+from .pages import page as _page
 
 
 class FundingForm(forms.Form):

@@ -428,10 +428,11 @@ def usage_example(*, rows: list[ContractRow], now: dt.datetime | None = None) ->
         return None
     t = row.trade
     start = max(t.instrument.delivery_start, t.executed_at)
-    when = min(max(now, start), t.instrument.delivery_end - dt.timedelta(seconds=1))
+    # Full precision: a timestamp cut to the second could fall before a trade made this second.
+    when = min(max(now, start), t.instrument.delivery_end - dt.timedelta(microseconds=1))
     # Usage can only be reported once delivery has begun (timestamps are never in the future).
     return {
-        "contract": t.pk, "buyer": t.buyer.slug, "timestamp": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "contract": t.pk, "buyer": t.buyer.slug, "timestamp": when.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"),
         "from": None if start <= now else start,
     }
 

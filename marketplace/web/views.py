@@ -8,15 +8,12 @@ htmx partials polled every couple of seconds (the same view renders page and par
 from __future__ import annotations
 
 import csv
-from functools import wraps
 from typing import Any
 
-from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
-from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
-from django.shortcuts import redirect, render
+from django.shortcuts import redirect
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -29,31 +26,9 @@ from pricing import selectors as pricing_selectors
 
 from . import queries
 from .forms import ApiKeyForm, MarketFilterForm, OrderForm, SignupForm, StatementFilterForm, add_service_error
+from .pages import account_required
+from .pages import page as _page
 from .templatetags.web_tags import price as price_text
-
-LIVE_POLL = "2s"
-
-
-def _page(request: HttpRequest, template: str, context: dict[str, Any], status: int = 200) -> HttpResponse:
-    context.setdefault("account", getattr(request, "account", None) or queries.account_for_user(user=request.user))
-    context.setdefault("currency", settings.EXCHANGE_CURRENCY)
-    context.setdefault("live_poll", LIVE_POLL)
-    context.setdefault("sandbox_funding", settings.SANDBOX_FUNDING)
-    return render(request, template, context, status=status)
-
-
-def account_required(view):
-    """Signed in, with an account: sets request.account, else explains how to get one."""
-
-    @login_required
-    @wraps(view)
-    def wrapper(request: HttpRequest, *args, **kwargs):
-        request.account = queries.account_for_user(user=request.user)
-        if request.account is None:
-            return _page(request, "web/no_account.html", {}, status=403)
-        return view(request, *args, **kwargs)
-
-    return wrapper
 
 
 def _partial(request: HttpRequest) -> bool:

@@ -194,22 +194,22 @@ def test_seed_demo_seeds_a_funded_market_with_resting_orders_and_working_keys(tm
     lines = dict(line.split(": ", 1) for line in key_file.read_text().splitlines())
     buyer_key = services.api_key_authenticate(raw=lines["buyer (agentic-labs)"])
     provider_key = services.api_key_authenticate(raw=lines["provider (xiling-compute)"])
-    assert buyer_key.account.slug == "agentic-labs" and sorted(buyer_key.scopes) == ["read", "trade"]
+    assert buyer_key.account.slug == "agentic-labs" and sorted(buyer_key.scopes) == ["funding", "read", "trade"]
     assert provider_key.account.slug == "xiling-compute" and "meter" in provider_key.scopes
     assert lines["buyer (agentic-labs)"] in out
     assert get_user_model().objects.get(username="admin").is_staff
 
 
 @pytest.mark.django_db
-def test_seed_demo_is_idempotent_and_revokes_the_previous_demo_keys():
+def test_seed_demo_without_its_key_file_is_idempotent_and_revokes_the_previous_demo_keys():
     first = run("seed_demo")
-    old_key = first.split("demo buyer API key (read, trade): ")[1].split()[0]
+    old_key = first.split("demo buyer API key (read, trade, funding): ")[1].split()[0]
     counts = (Account.objects.count(), Order.objects.count(), LedgerTransaction.objects.count())
     second = run("seed_demo")
     assert "demo market already present" in second
     assert (Account.objects.count(), Order.objects.count(), LedgerTransaction.objects.count()) == counts
     assert services.api_key_authenticate(raw=old_key) is None
-    new_key = second.split("demo buyer API key (read, trade): ")[1].split()[0]
+    new_key = second.split("demo buyer API key (read, trade, funding): ")[1].split()[0]
     assert services.api_key_authenticate(raw=new_key).account.slug == "agentic-labs"
 
 
