@@ -25,6 +25,7 @@ from django.db.models import Exists, Max, Min, OuterRef, Q, QuerySet, TextField
 from django.db.models.functions import Cast
 from django.utils import timezone
 
+from marketplace.market_snapshot import snapshot_publish_on_commit
 from marketplace.models import (
     LIVE_STATUSES,
     Hardware,
@@ -270,6 +271,7 @@ def _write_batch(
         book_row.last_price = trades[-1][_MATCH_TRADE_COLUMNS.index("price")]
         book_row.last_trade_at = now
     book_row.save()
+    snapshot_publish_on_commit(instrument_id=instrument.id)
     return len(trades)
 
 
@@ -379,6 +381,7 @@ def book_refresh_top(*, book_row: InstrumentBook) -> None:
     book_row.best_bid = live.filter(side="buy").aggregate(p=Max("price"))["p"]
     book_row.best_ask = live.filter(side="sell").aggregate(p=Min("price"))["p"]
     book_row.save(update_fields=["best_bid", "best_ask"])
+    snapshot_publish_on_commit(instrument_id=book_row.instrument_id)
 
 
 # --- day-ahead call auction ---------------------------------------------------------------------
