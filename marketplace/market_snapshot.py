@@ -24,7 +24,7 @@ from decimal import Decimal
 
 from django.core.cache import cache
 from django.db import transaction
-from django.db.models import Sum
+from django.db.models import IntegerField, Subquery, Sum
 from django.utils import timezone
 
 from .cache_generation import caching_allowed
@@ -79,9 +79,19 @@ def snapshot_build(*, instrument_id: int) -> MarketSnapshot:
     """A fresh aggregation of the instrument's resting orders and trades."""
     now = timezone.now()
     depth = instrument_book_get(instrument=Instrument(pk=instrument_id), depth=DEPTH_LEVELS)
-    book_row = InstrumentBook.objects.only("last_price", "last_trade_at").get(pk=instrument_id)
     trades = Trade.objects.filter(instrument_id=instrument_id)
-    volume = trades.filter(executed_at__gte=now - dt.timedelta(hours=24)).aggregate(v=Sum("quantity"))["v"]
+    volume = (
+        trades.filter(executed_at__gte=now - dt.timedelta(hours=24))
+        .values("instrument_id")
+        .annotate(v=Sum("quantity"))
+        .values("v")
+    )
+    # One query for the book row and the 24-hour volume (a book read is pinned in queries).
+    book_row = (
+        InstrumentBook.objects.only("last_price", "last_trade_at")
+        .annotate(volume_24h=Subquery(volume, output_field=IntegerField()))
+        .get(pk=instrument_id)
+    )
     last = [
         SnapshotTrade(*row)
         for row in trades.order_by("-match_sequence").values_list(
@@ -94,7 +104,7 @@ def snapshot_build(*, instrument_id: int) -> MarketSnapshot:
         asks=depth.asks,
         last_price=book_row.last_price,
         last_trade_at=book_row.last_trade_at,
-        volume_24h=int(volume or 0),
+        volume_24h=int(book_row.volume_24h or 0),
         trades=last,
         built_at=now,
     )
