@@ -123,6 +123,71 @@ def run_engine(book_specs: list[dict], flow: list[dict]) -> tuple[float, list[tu
     return time.perf_counter() - t0, fills
 
 
+def synthetic_gtc(*, stream: int, seed: int) -> list[dict]:
+    """A stream for the peer comparison: GTC limit orders only, one hardware type, no
+    restrictions and no account on both sides, which is the model pyorderbook implements.
+    Prices as in synthetic(); the book deepens as GTC remainders rest."""
+    rnd = random.Random(seed)
+    flow = []
+    for i in range(stream):
+        side = rnd.choice(["buy", "sell"])
+        centre = 99 if side == "buy" else 101
+        cents = min(199, max(1, round(rnd.gauss(centre, 4))))
+        flow.append(
+            {
+                "side": side,
+                "account": i,  # every order its own account: self-trade prevention never applies
+                "price": Decimal(cents) / 100,
+                "lots": rnd.randint(1, 5),
+                "tif": "gtc",
+                "hardware": "h100" if side == "sell" else None,
+                "allowed": [],
+            }
+        )
+    return flow
+
+
+def run_pyorderbook(flow: list[dict]) -> tuple[float, list[tuple]]:
+    """The same stream through pyorderbook (PyPI), the peer. Orders are built before the clock
+    starts, as for our engine; fills come back as (buy, sell, price, quantity, hardware)."""
+    import logging
+
+    import pyorderbook
+
+    logging.getLogger("pyorderbook").setLevel(logging.WARNING)  # its basicConfig says INFO
+    orders = [
+        (pyorderbook.bid if s["side"] == "buy" else pyorderbook.ask)("X", s["price"], s["lots"] * LOT) for s in flow
+    ]
+    index = {o.id: i for i, o in enumerate(orders, start=1)}
+    book = pyorderbook.Book()
+    blotters = []
+    t0 = time.perf_counter()
+    for o in orders:
+        blotters.append(book.match(o))
+    elapsed = time.perf_counter() - t0
+    fills = []
+    for b in blotters:
+        for t in b.trades:
+            taker, maker = index[t.incoming_order_id], index[t.standing_order_id]
+            buy, sell = (taker, maker) if flow[taker - 1]["side"] == "buy" else (maker, taker)
+            fills.append((buy, sell, t.fill_price, t.fill_quantity, "h100"))
+    return elapsed, fills
+
+
+def run_peer(*, orders: int, seed: int) -> None:
+    """Our engine against pyorderbook on one GTC stream, in this run; their fills must agree."""
+    flow = synthetic_gtc(stream=orders, seed=seed)
+    print(f"[peer] {orders:,}-order GTC stream: pricing.engine vs pyorderbook", flush=True)
+    t_ours, ours = run_engine([], flow)
+    t_peer, theirs = run_pyorderbook(flow)
+    same = ours == theirs
+    print(f"[peer] pricing.engine: {orders / t_ours:>10,.0f} orders/s ({t_ours:.2f}s, {len(ours):,} trades)")
+    print(f"[peer] pyorderbook:    {orders / t_peer:>10,.0f} orders/s ({t_peer:.2f}s, {len(theirs):,} trades)")
+    print(f"[peer] ratio pricing.engine/pyorderbook: {t_peer / t_ours:.2f}x; same trades: {same}", flush=True)
+    if not same:
+        sys.exit("pricing.engine and pyorderbook disagree on the GTC stream")
+
+
 def setup_database(book_specs: list[dict], flow: list[dict]):
     """Catalog, accounts, funds, the resting book and the pending stream; returns the instrument."""
     from io import StringIO
@@ -244,7 +309,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--no-check", action="store_true", help="skip the invariant check at the end")
     parser.add_argument("--profile", action="store_true", help="cProfile the database matcher, print the top")
+    parser.add_argument("--peer-orders", type=int, default=200_000, help="GTC orders for the pyorderbook comparison")
+    parser.add_argument("--peer-only", action="store_true", help="only the pure engine vs pyorderbook (no database)")
     args = parser.parse_args()
+
+    run_peer(orders=args.peer_orders, seed=args.seed)
+    if args.peer_only:
+        return
 
     base = os.environ.get("DATABASE_URL", "")
     if not base:

@@ -20,6 +20,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from marketplace import services
+from marketplace.cache_generation import CATALOG, generation_bump
 from marketplace.models import (
     Account,
     ApiKey,
@@ -80,8 +81,30 @@ def admin_link(obj, label: str | None = None):
 # --- catalog ----------------------------------------------------------------------------
 
 
+
+class CatalogAdminMixin:
+    """Bumps the catalog generation in the transaction of every admin edit, so every process's
+    catalog cache (marketplace.catalog_cache) sees the edit on its next read."""
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        generation_bump(name=CATALOG)
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        generation_bump(name=CATALOG)
+
+    def delete_model(self, request, obj):
+        super().delete_model(request, obj)
+        generation_bump(name=CATALOG)
+
+    def delete_queryset(self, request, queryset):
+        super().delete_queryset(request, queryset)
+        generation_bump(name=CATALOG)
+
+
 @admin.register(Tier)
-class TierAdmin(admin.ModelAdmin):
+class TierAdmin(CatalogAdminMixin, admin.ModelAdmin):
     list_display = (
         "code",
         "name",
@@ -102,14 +125,14 @@ class ThroughputInline(admin.TabularInline):
 
 
 @admin.register(Hardware)
-class HardwareAdmin(admin.ModelAdmin):
+class HardwareAdmin(CatalogAdminMixin, admin.ModelAdmin):
     list_display = ("code", "name", "watts_per_accelerator")
     search_fields = ("code", "name")
     inlines = (ThroughputInline,)
 
 
 @admin.register(HardwareThroughput)
-class HardwareThroughputAdmin(admin.ModelAdmin):
+class HardwareThroughputAdmin(CatalogAdminMixin, admin.ModelAdmin):
     list_display = ("hardware", "tier", "tokens_per_second")
     list_filter = ("hardware", "tier")
     list_select_related = ("hardware", "tier")
@@ -117,7 +140,7 @@ class HardwareThroughputAdmin(admin.ModelAdmin):
 
 
 @admin.register(Region)
-class RegionAdmin(admin.ModelAdmin):
+class RegionAdmin(CatalogAdminMixin, admin.ModelAdmin):
     list_display = ("code", "name", "electricity_price_per_kwh")
     search_fields = ("code", "name")
 
@@ -132,7 +155,7 @@ class InstrumentForm(forms.ModelForm):
 
 
 @admin.register(Instrument)
-class InstrumentAdmin(admin.ModelAdmin):
+class InstrumentAdmin(CatalogAdminMixin, admin.ModelAdmin):
     form = InstrumentForm
     list_display = (
         "symbol",

@@ -433,3 +433,14 @@ class IdempotencyRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.account_id}:{self.key}"
+
+
+class CacheGeneration(models.Model):
+    """A counter per cached domain ("api_keys", "catalog"), bumped in the transaction of every
+    change the per-process caches must not outlive (marketplace.cache_generation)."""
+
+    name = models.CharField(max_length=32, primary_key=True)
+    value = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.name}={self.value}"

@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, Sum
-from django.db.models.functions import Coalesce
-from django.utils import timezone
+from django.db.models import Count, QuerySet, Sum
 
 from .models import LIVE_STATUSES, Account, Instrument, Order, Trade
 
 
-def instrument_list(*, now: dt.datetime | None = None) -> QuerySet[Instrument]:
-    now = now or timezone.now()
-    volume = (
-        Trade.objects.filter(instrument=OuterRef("pk"), executed_at__gte=now - dt.timedelta(hours=24))
-        .values("instrument")
-        .annotate(v=Sum("quantity"))
-        .values("v")
-    )
-    return Instrument.objects.select_related("tier", "region", "book").annotate(
-        volume_24h=Coalesce(Subquery(volume, output_field=IntegerField()), 0)
-    )
+def instrument_list() -> QuerySet[Instrument]:
+    """Instruments with their tier and region; their market figures (top of book, last price,
+    24-hour volume) are in marketplace.market_snapshot, not aggregated here."""
+    return Instrument.objects.select_related("tier", "region")
 
 
 @dataclass

@@ -26,11 +26,13 @@ from metering.models import LedgerTransaction
 from pricing.dispatch import enqueue_match_on_commit
 
 from .errors import NotFound, ServiceError
+from .cache_generation import API_KEYS, CATALOG, generation_bump
+from .catalog_cache import catalog_hardware_ids, catalog_instrument
+from .market_snapshot import snapshot_publish_on_commit
 from .models import (
     LIVE_STATUSES,
     Account,
     ApiKey,
-    Hardware,
     Instrument,
     InstrumentBook,
     Membership,
@@ -145,8 +147,10 @@ def api_key_authenticate(*, raw: str) -> ApiKey | None:
 
 def api_key_revoke(*, key: ApiKey) -> ApiKey:
     if key.revoked_at is None:
-        key.revoked_at = timezone.now()
-        key.save(update_fields=["revoked_at"])
+        with transaction.atomic():
+            key.revoked_at = timezone.now()
+            key.save(update_fields=["revoked_at"])
+            generation_bump(name=API_KEYS)  # every process's key cache refuses it within a second
     return key
 
 
@@ -165,6 +169,9 @@ def instrument_symbol_parse(symbol: str) -> tuple[str, str, dt.date]:
 
 def instrument_get(*, symbol: str) -> Instrument:
     tier, region, day = instrument_symbol_parse(symbol)
+    inst = catalog_instrument(tier=tier, region=region, day=day)  # no query while the catalog is unchanged
+    if inst is not None:
+        return inst
     inst = (
         Instrument.objects.select_related("tier", "region", "book")
         .filter(tier__code=tier, region__code=region, delivery_date=day)
@@ -177,10 +184,12 @@ def instrument_get(*, symbol: str) -> Instrument:
 
 def instrument_create(*, tier: Tier, region: Region, day: dt.date, **fields) -> Instrument:
     start, end = Instrument.period_for(day)
-    inst, _ = Instrument.objects.get_or_create(
+    inst, created = Instrument.objects.get_or_create(
         tier=tier, region=region, delivery_date=day, defaults={"delivery_start": start, "delivery_end": end, **fields}
     )
     InstrumentBook.objects.get_or_create(instrument=inst)
+    if created:
+        generation_bump(name=CATALOG)
     return inst
 
 
@@ -224,9 +233,11 @@ def instrument_close(*, instrument_id: int, now: dt.datetime | None = None) -> i
         if inst.status in (Instrument.Status.OPEN, Instrument.Status.HALTED):
             inst.status = Instrument.Status.CLOSED
             inst.save(update_fields=["status"])
+            generation_bump(name=CATALOG)
         book_row.best_bid = book_row.best_ask = None
         book_row.version += 1  # changed outside the matcher: resident books reload
         book_row.save(update_fields=["best_bid", "best_ask", "version"])
+        snapshot_publish_on_commit(instrument_id=instrument_id)
     return len(orders)
 
 
@@ -246,6 +257,7 @@ def instrument_set_status(*, instrument: Instrument, status: str) -> Instrument:
         inst.save(update_fields=["status"])
         # Changed outside the matcher: resident books reload.
         InstrumentBook.objects.filter(pk=book_row.pk).update(version=F("version") + 1)
+        generation_bump(name=CATALOG)
         if status == Instrument.Status.OPEN:
             enqueue_match_on_commit(inst.pk)
     return inst
@@ -313,7 +325,7 @@ def order_place(
     if side == Side.SELL and not account.is_provider:
         raise ServiceError("not_a_provider", "Only provider accounts can list capacity (sell).", status=403)
 
-    known_hw = dict(Hardware.objects.values_list("code", "id"))
+    known_hw = catalog_hardware_ids()
     hardware_obj_id = None
     allowed: list[str] = []
     if side == Side.SELL:

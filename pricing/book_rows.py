@@ -17,6 +17,7 @@ from django.db import connection
 from django.db.models import QuerySet, TextField
 from django.db.models.functions import Cast
 
+from marketplace.market_snapshot import snapshot_publish_on_commit
 from marketplace.models import LIVE_STATUSES, Hardware, Instrument, InstrumentBook, Order, Trade
 
 from . import engine
@@ -194,6 +195,7 @@ def book_top_refresh(*, book_row: InstrumentBook) -> None:
     ).aggregate(bid=Max("price", filter=Q(side=engine.BUY)), ask=Min("price", filter=Q(side=engine.SELL)))
     book_row.best_bid, book_row.best_ask = top["bid"], top["ask"]
     book_row.save(update_fields=["best_bid", "best_ask"])
+    snapshot_publish_on_commit(instrument_id=book_row.instrument_id)
 
 
 def auction_orders(*, instrument_id: int, hw: dict[int, str]) -> tuple[list[dict], list]:

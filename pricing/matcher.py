@@ -33,6 +33,7 @@ from django.db import transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
+from marketplace.market_snapshot import snapshot_publish_on_commit
 from marketplace.models import (
     LIVE_STATUSES,
     Instrument,
@@ -270,6 +271,7 @@ def _write_batch(
         book_row.last_price = trades[-1][book_rows.TRADE_COLUMNS.index("price")]
         book_row.last_trade_at = now
     book_row.save()
+    snapshot_publish_on_commit(instrument_id=instrument.id)
     return len(trades)
 
 

@@ -35,6 +35,31 @@ def _service_requirements(request):
 
 
 @pytest.fixture(autouse=True)
+def _fresh_caches():
+    """Per-process caches and the shared cache start empty: a test that committed (transactional
+    tests, live servers) must not leave catalog entries, keys or market snapshots to the next."""
+    from django.core.cache import cache
+
+    from marketplace.api.key_cache import key_cache_clear
+    from marketplace.catalog_cache import catalog_cache_clear
+
+    if settings.REDIS_URL:
+        # Only these keys: the Redis database is also the Celery broker of tests with workers.
+        import redis
+
+        client = redis.Redis.from_url(settings.REDIS_URL)
+        for pattern in ("*market-snapshot:*", "*generation:*"):
+            keys = list(client.scan_iter(match=pattern, count=1000))
+            if keys:
+                client.delete(*keys)
+        client.close()
+    else:
+        cache.clear()
+    key_cache_clear()
+    catalog_cache_clear()
+
+
+@pytest.fixture(autouse=True)
 def _matching_queue(request, monkeypatch):
     """Record enqueued matching instead of sending it, except in tests with real workers.
 

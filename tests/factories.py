@@ -10,6 +10,7 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from marketplace import services
+from marketplace.cache_generation import CATALOG, generation_bump
 from marketplace.models import Account, Instrument, Region, Tier
 from metering.services import funds_deposit
 
@@ -37,6 +38,7 @@ def open_instrument(*, tier: str = "standard", region: str = "cn-west-1", day: d
     )
     if fields:
         Instrument.objects.filter(pk=inst.pk).update(**fields)
+        generation_bump(name=CATALOG)  # as every catalog edit does (marketplace.catalog_cache)
         inst.refresh_from_db()
     return inst
 

@@ -6,7 +6,8 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions, permissions
 
 from marketplace.models import ApiKey
-from marketplace.services import api_key_authenticate
+
+from .key_cache import api_key_cached
 
 
 class KeyUser:
@@ -37,7 +38,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             raise exceptions.AuthenticationFailed("Use 'Authorization: Bearer <api key>'.")
         if len(parts) != 2:
             raise exceptions.AuthenticationFailed("The Authorization header must be 'Bearer <api key>'.")
-        key = api_key_authenticate(raw=parts[1])
+        key = api_key_cached(raw=parts[1])
         if key is None:
             raise exceptions.AuthenticationFailed("This API key is unknown or revoked.")
         return KeyUser(key), key

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from marketplace.market_snapshot import snapshot_get_many
 from marketplace.models import (
     Hardware,
     HardwareThroughput,
@@ -63,17 +64,30 @@ class InstrumentSerializer(serializers.ModelSerializer):
             "status", "spot", "enforce_energy_floor", "last_price", "best_bid", "best_ask", "volume_24h",
         ]
 
+    # Market figures come from the instrument's published snapshot (marketplace.market_snapshot):
+    # a list page reads them in one cache round trip, without aggregating orders or trades.
+    def to_representation(self, instance):
+        snapshots = self.context.setdefault("market_snapshots", {})
+        if instance.pk not in snapshots:
+            page = self.parent.instance if isinstance(self.parent, serializers.ListSerializer) else None
+            ids = [i.pk for i in page] if page is not None else [instance.pk]
+            snapshots.update(snapshot_get_many(instrument_ids=[i for i in ids if i not in snapshots]))
+        return super().to_representation(instance)
+
+    def _snapshot(self, obj):
+        return self.context["market_snapshots"][obj.pk]
+
     def get_last_price(self, obj) -> str | None:
-        return price_str(obj.book.last_price)
+        return price_str(self._snapshot(obj).last_price)
 
     def get_best_bid(self, obj) -> str | None:
-        return price_str(obj.book.best_bid)
+        return price_str(self._snapshot(obj).best_bid)
 
     def get_best_ask(self, obj) -> str | None:
-        return price_str(obj.book.best_ask)
+        return price_str(self._snapshot(obj).best_ask)
 
     def get_volume_24h(self, obj) -> int:
-        return int(getattr(obj, "volume_24h", None) or 0)
+        return self._snapshot(obj).volume_24h
 
     def get_spot(self, obj) -> bool:
         return obj.is_spot()

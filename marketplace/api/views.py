@@ -10,6 +10,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from marketplace import selectors, services
+from marketplace.catalog_cache import catalog_hardware, catalog_regions, catalog_tiers
+from marketplace.market_snapshot import snapshot_get
 from marketplace.models import Hardware, Instrument, Order, Region, Tier, Trade
 
 from .auth import ReadScope, TradeScope, request_account
@@ -39,17 +41,26 @@ class TierList(PublicMixin, generics.ListAPIView):
     serializer_class = TierSerializer
     pagination_class = None
 
+    def get_queryset(self):
+        return catalog_tiers()  # per-process cache, invalidated by every catalog edit
+
 
 class HardwareList(PublicMixin, generics.ListAPIView):
     queryset = Hardware.objects.prefetch_related("throughputs__tier")
     serializer_class = HardwareSerializer
     pagination_class = None
 
+    def get_queryset(self):
+        return catalog_hardware()  # per-process cache, invalidated by every catalog edit
+
 
 class RegionList(PublicMixin, generics.ListAPIView):
     queryset = Region.objects.all()
     serializer_class = RegionSerializer
     pagination_class = None
+
+    def get_queryset(self):
+        return catalog_regions()  # per-process cache, invalidated by every catalog edit
 
 
 class InstrumentFilter(django_filters.FilterSet):
@@ -76,7 +87,6 @@ class InstrumentDetail(PublicMixin, APIView):
     @extend_schema(responses=InstrumentSerializer)
     def get(self, request, symbol: str):
         inst = services.instrument_get(symbol=symbol)
-        inst = selectors.instrument_list().get(pk=inst.pk)
         return Response(InstrumentSerializer(inst).data)
 
 
@@ -109,7 +119,8 @@ class InstrumentBookView(PublicMixin, APIView):
     def get(self, request, symbol: str):
         inst = services.instrument_get(symbol=symbol)
         depth = _int_param(request, "depth", default=50, low=1, high=500)
-        book = selectors.instrument_book_get(instrument=inst, depth=depth)
+        snap = snapshot_get(instrument_id=inst.pk)  # published by the matcher; no aggregation here
+        book = snap.depth(depth)
         return Response(
             {
                 "instrument": inst.symbol,
@@ -118,9 +129,9 @@ class InstrumentBookView(PublicMixin, APIView):
                     {"price": price_str(lv.price), "quantity": lv.quantity, "orders": lv.orders, "hardware": lv.by_hardware}
                     for lv in book.asks
                 ],
-                "best_bid": price_str(inst.book.best_bid),
-                "best_ask": price_str(inst.book.best_ask),
-                "last_price": price_str(inst.book.last_price),
+                "best_bid": price_str(snap.best_bid),
+                "best_ask": price_str(snap.best_ask),
+                "last_price": price_str(snap.last_price),
             }
         )
 

@@ -21,6 +21,7 @@ from django.db.models import F, QuerySet, Sum
 from django.utils import timezone
 
 from marketplace import selectors
+from marketplace.market_snapshot import snapshot_get_many
 from marketplace.models import (
     LIVE_STATUSES,
     TOKENS_PER_PRICE_UNIT,
@@ -93,10 +94,10 @@ def market_overview(
 ) -> list[MarketRow]:
     """Open instruments with last price, 24 h change and volume, best bid and ask.
 
-    Three queries for any number of instruments (the table polls every few seconds, so not
-    pricing's per-instrument instrument_stats)."""
+    Two queries and one read of the published market snapshots for any number of instruments
+    (the table polls every few seconds, so not pricing's per-instrument instrument_stats)."""
     now = now or timezone.now()
-    qs = selectors.instrument_list(now=now).filter(status=Instrument.Status.OPEN, delivery_end__gt=now)
+    qs = selectors.instrument_list().filter(status=Instrument.Status.OPEN, delivery_end__gt=now)
     if tier:
         qs = qs.filter(tier__code=tier)
     if region:
@@ -114,17 +115,18 @@ def market_overview(
         .values_list("instrument_id", "price")
     ):
         first_in_window.setdefault(inst_id, price)
+    snapshots = snapshot_get_many(instrument_ids=ids)  # published by the matcher
     rows = []
     for inst in instruments:
-        book = getattr(inst, "book", None)
+        snap = snapshots[inst.pk]
         rows.append(
             MarketRow(
                 instrument=inst,
-                last=book.last_price if book else None,
+                last=snap.last_price,
                 reference=first_in_window.get(inst.pk),
-                volume_24h=inst.volume_24h,
-                best_bid=book.best_bid if book else None,
-                best_ask=book.best_ask if book else None,
+                volume_24h=snap.volume_24h,
+                best_bid=snap.best_bid,
+                best_ask=snap.best_ask,
             )
         )
     return rows

@@ -19,6 +19,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from marketplace import selectors, services
+from marketplace.market_snapshot import snapshot_get
 from marketplace.models import Instrument, Region, Side, Tier
 from marketplace.services import NotFound, ServiceError
 from metering.selectors import balances_get
@@ -102,7 +103,7 @@ def _live_context(request: HttpRequest, inst: Instrument) -> dict[str, Any]:
     interval = request.GET.get("interval", "1h")
     if interval not in queries.INTERVALS:
         interval = "1h"
-    book = selectors.instrument_book_get(instrument=inst, depth=20)
+    book = snapshot_get(instrument_id=inst.pk).depth(20)  # published by the matcher
     stats = pricing_selectors.instrument_stats(instrument=inst)
     account = getattr(request, "account", None) or queries.account_for_user(user=request.user)
     return {

@@ -568,3 +568,15 @@ def test_cancel_removes_a_resting_order_and_submitting_a_known_id_is_refused():
     assert book.submit(order(2, BUY, "1.00", 1)).outcome == engine.RESTED
     with pytest.raises(ValueError):
         book.submit(order(2, BUY, "1.00", 1))
+
+
+def test_an_older_order_submitted_after_a_newer_one_rested_keeps_its_time_priority():
+    book = OrderBook([BookOrder(id=2, seq=20, account_id=1, side=SELL, price=Decimal("1.00"), remaining=5, hardware="h100")])
+    book.submit(BookOrder(id=1, seq=10, account_id=2, side=SELL, price=Decimal("1.00"), remaining=5, hardware="h100"))
+    result = book.submit(BookOrder(id=3, seq=30, account_id=3, side=BUY, price=Decimal("1.00"), remaining=5))
+    assert [f.maker_id for f in result.fills] == [1]
+
+
+def test_prices_finer_than_the_price_column_are_refused():
+    with pytest.raises(ValueError):
+        OrderBook().submit(BookOrder(id=1, seq=1, account_id=1, side=BUY, price=Decimal("1.00001"), remaining=5))
