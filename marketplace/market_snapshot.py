@@ -27,9 +27,9 @@ from django.db import transaction
 from django.db.models import IntegerField, Subquery, Sum
 from django.utils import timezone
 
+from .book_depth import BookDepth, BookLevel, book_depth_aggregate
 from .cache_generation import caching_allowed
 from .models import Instrument, InstrumentBook, Trade
-from .selectors import BookDepth, BookLevel, instrument_book_get
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def _key(instrument_id: int) -> str:
 def snapshot_build(*, instrument_id: int) -> MarketSnapshot:
     """A fresh aggregation of the instrument's resting orders and trades."""
     now = timezone.now()
-    depth = instrument_book_get(instrument=Instrument(pk=instrument_id), depth=DEPTH_LEVELS)
+    depth = book_depth_aggregate(instrument=Instrument(pk=instrument_id), depth=DEPTH_LEVELS)
     trades = Trade.objects.filter(instrument_id=instrument_id)
     volume = (
         trades.filter(executed_at__gte=now - dt.timedelta(hours=24))

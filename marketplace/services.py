@@ -25,9 +25,9 @@ from metering.ledger import InsufficientFunds, ledger_accounts_ensure, ledger_po
 from metering.models import LedgerTransaction
 from pricing.dispatch import enqueue_match_on_commit
 
-from .errors import NotFound, ServiceError
 from .cache_generation import API_KEYS, CATALOG, generation_bump
 from .catalog_cache import catalog_hardware_ids, catalog_instrument
+from .errors import NotFound, ServiceError
 from .market_snapshot import snapshot_publish_on_commit
 from .models import (
     LIVE_STATUSES,
