@@ -23,6 +23,7 @@ from metering import money
 from metering.ledger import InsufficientFunds, ledger_accounts_ensure, ledger_post
 from metering.models import LedgerTransaction
 
+from . import order_terms
 from .models import (
     LIVE_STATUSES,
     Account,
@@ -271,10 +272,6 @@ def _enqueue_match(instrument_id: int) -> None:
     transaction.on_commit(lambda: enqueue_match(instrument_id))
 
 
-def _check_multiple(value: Decimal, step: Decimal) -> bool:
-    return (value % step) == 0
-
-
 def order_place(
     *,
     account: Account,
@@ -303,22 +300,12 @@ def order_place(
         raise ServiceError(
             "invalid_time_in_force", "time_in_force must be one of gtc, ioc, fok, post_only.", field="time_in_force"
         )
-    if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity <= 0:
-        raise ServiceError("invalid_quantity", "quantity must be a positive whole number of tokens.", field="quantity")
-    if quantity % instrument.lot_size:
-        raise ServiceError(
-            "invalid_lot",
-            f"quantity must be a multiple of the lot size ({instrument.lot_size:,} tokens).",
-            field="quantity",
+    try:
+        order_terms.order_terms_check(
+            quantity=quantity, price=price, lot_size=instrument.lot_size, tick_size=instrument.tick_size
         )
-    if not isinstance(price, Decimal) or not price.is_finite() or price <= 0:
-        raise ServiceError("invalid_price", "price must be a positive number.", field="price")
-    if not _check_multiple(price, instrument.tick_size):
-        raise ServiceError(
-            "invalid_tick", f"price must be a multiple of the tick size ({instrument.tick_size.normalize()}).", field="price"
-        )
-    if price >= Decimal("1000000"):
-        raise ServiceError("invalid_price", "price is above the largest price the exchange accepts.", field="price")
+    except order_terms.OrderTermsError as exc:
+        raise ServiceError(exc.code, exc.message, field=exc.field) from None
     if instrument.status != Instrument.Status.OPEN:
         raise ServiceError(
             "instrument_not_open", f"{instrument.symbol} is {instrument.status}; it takes no orders.", status=409
