@@ -69,18 +69,26 @@ def account_create(
     name = name.strip()
     if not name:
         raise ServiceError("invalid_name", "An account needs a name.", field="name")
-    slug = slugify(name)[:120]
-    if not slug:
+    if "\x00" in name or not any(c.isalnum() for c in name):
         raise ServiceError("invalid_name", "The account name needs letters or digits.", field="name")
+    # The slug names the account in URLs and usage events, so it stays ASCII; a name with no
+    # ASCII letters (次元科技) gets a generated one, unique by its random part.
+    slug = slugify(name)[:120] or f"org-{secrets.token_hex(5)}"
     if not (is_buyer or is_provider):
         raise ServiceError("invalid_roles", "An account is a buyer, a provider, or both.", field="roles")
-    with transaction.atomic():
-        if Account.objects.filter(slug=slug).exists() or Account.objects.filter(name=name).exists():
-            raise ServiceError("account_exists", f"An account named {name!r} already exists.", field="name", status=409)
-        account = Account.objects.create(name=name, slug=slug, is_buyer=is_buyer, is_provider=is_provider)
-        if owner is not None:
-            Membership.objects.create(account=account, user=owner, role=Membership.Role.OWNER)
-        ledger_accounts_ensure(account=account)
+    exists = ServiceError("account_exists", f"An account named {name!r} already exists.", field="name", status=409)
+    try:
+        with transaction.atomic():
+            if Account.objects.filter(slug=slug).exists() or Account.objects.filter(name=name).exists():
+                raise exists
+            account = Account.objects.create(name=name, slug=slug, is_buyer=is_buyer, is_provider=is_provider)
+            if owner is not None:
+                Membership.objects.create(account=account, user=owner, role=Membership.Role.OWNER)
+            ledger_accounts_ensure(account=account)
+    except IntegrityError:
+        # A concurrent sign-up with the same name (or slug) committed first: the unique index
+        # decided, and this one was rolled back.
+        raise exists from None
     return account
 
 
@@ -95,11 +103,16 @@ def account_signup(
     from django.contrib.auth import get_user_model
 
     User = get_user_model()
-    with transaction.atomic():
-        if User.objects.filter(username__iexact=username).exists():
-            raise ServiceError("username_taken", f"The username {username!r} is taken.", field="username", status=409)
-        user = User.objects.create_user(username=username, password=password)
-        account = account_create(name=account_name, is_buyer=is_buyer, is_provider=is_provider, owner=user)
+    taken = ServiceError("username_taken", f"The username {username!r} is taken.", field="username", status=409)
+    try:
+        with transaction.atomic():
+            if User.objects.filter(username__iexact=username).exists():
+                raise taken
+            user = User.objects.create_user(username=username, password=password)
+            account = account_create(name=account_name, is_buyer=is_buyer, is_provider=is_provider, owner=user)
+    except IntegrityError:
+        # A concurrent sign-up took the username first (the unique index decided).
+        raise taken from None
     return user, account
 
 
