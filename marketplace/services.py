@@ -20,7 +20,7 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from metering import money
-from metering.ledger import InsufficientFunds, ledger_accounts_ensure, ledger_post
+from metering.ledger import InsufficientFunds, Posting, ledger_accounts_ensure, ledger_post, ledger_post_many
 from metering.models import LedgerTransaction
 
 from . import order_terms
@@ -449,14 +449,23 @@ def _release_escrow(*, orders: list[Order], key_prefix: str, instrument: Instrum
     accounts = {o.account_id for o in buys}
     escrow = ledger_account_ids(accounts, LedgerAccount.Kind.ESCROW)
     available = ledger_account_ids(accounts, LedgerAccount.Kind.AVAILABLE)
-    for o in buys:
-        amount = (o.remaining // instrument.lot_size) * o.reserve_per_lot
-        ledger_post(
-            key=f"{key_prefix}:{o.pk}",
-            kind=LedgerTransaction.Kind.ESCROW_RELEASE,
-            legs=[(escrow[o.account_id], -amount), (available[o.account_id], amount)],
-            memo=f"{key_prefix}: release of order #{o.pk} ({o.remaining:,} tokens unfilled)",
-        )
+    # One ledger_post_many: every account of every release is locked once, in ascending id
+    # order, before any balance changes (posting one release per order would lock in order
+    # order, which deadlocks against a transaction locking the same accounts ascending).
+    ledger_post_many(
+        postings=[
+            Posting(
+                key=f"{key_prefix}:{o.pk}",
+                kind=LedgerTransaction.Kind.ESCROW_RELEASE,
+                legs=[
+                    (escrow[o.account_id], -((o.remaining // instrument.lot_size) * o.reserve_per_lot)),
+                    (available[o.account_id], (o.remaining // instrument.lot_size) * o.reserve_per_lot),
+                ],
+                memo=f"{key_prefix}: release of order #{o.pk} ({o.remaining:,} tokens unfilled)",
+            )
+            for o in buys
+        ]
+    )
 
 
 def order_cancel(*, account: Account, order_id: int, now: dt.datetime | None = None) -> Order:
@@ -471,17 +480,23 @@ def order_cancel(*, account: Account, order_id: int, now: dt.datetime | None = N
     order = Order.objects.filter(pk=order_id, account=account).select_related("instrument").first()
     if order is None:
         raise NotFound("order_not_found", f"No order {order_id} in your account.")
-    with transaction.atomic():
-        book_row = InstrumentBook.objects.select_for_update().get(pk=order.instrument_id)
-        while match_locked(book_row=book_row)[0]:
-            pass
-        order.refresh_from_db()
-        cancellable = order.is_live
-        if cancellable:
-            order.cancelled_after_sequence = book_row.last_matched_sequence
-            _order_finish(order=order, status=OrderStatus.CANCELLED, reason="cancelled_by_user", now=now)
-            _release_escrow(orders=[order], key_prefix="cancel", instrument=order.instrument)
-            book_refresh_top(book_row=book_row)
+    while True:
+        # One matcher batch per transaction, and the cancel in a transaction where nothing was
+        # left to match: each transaction then makes one ledger posting, whose accounts are
+        # locked together in ascending id order (matcher's release then the canceller's in one
+        # transaction would take two lock sets one after the other and could deadlock).
+        with transaction.atomic():
+            book_row = InstrumentBook.objects.select_for_update().get(pk=order.instrument_id)
+            if match_locked(book_row=book_row)[0]:
+                continue
+            order.refresh_from_db()
+            cancellable = order.is_live
+            if cancellable:
+                order.cancelled_after_sequence = book_row.last_matched_sequence
+                _order_finish(order=order, status=OrderStatus.CANCELLED, reason="cancelled_by_user", now=now)
+                _release_escrow(orders=[order], key_prefix="cancel", instrument=order.instrument)
+                book_refresh_top(book_row=book_row)
+        break
     if not cancellable:
         # Refused after commit, so the matching done above stands and the status we report
         # is the one the order keeps.

@@ -9,6 +9,7 @@ from django.core.cache import cache
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
+from marketplace.db_errors import retry_transient
 from marketplace.models import Instrument, Order
 
 from . import services
@@ -45,7 +46,7 @@ def enqueue_match(instrument_id: int) -> None:
 @shared_task(acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def match_instrument(instrument_id: int) -> dict:
     cache.delete(_QUEUED_KEY.format(instrument_id))
-    report = services.instrument_match(instrument_id=instrument_id)
+    report = retry_transient(lambda: services.instrument_match(instrument_id=instrument_id))
     if report.more_pending:
         enqueue_match(instrument_id)
     return {"processed": report.processed, "trades": report.trades}
@@ -61,7 +62,7 @@ def sweep() -> dict:
     for inst_id in Instrument.objects.filter(
         delivery_end__lte=now, status__in=[Instrument.Status.OPEN, Instrument.Status.HALTED]
     ).values_list("id", flat=True):
-        instrument_close(instrument_id=inst_id, now=now)
+        retry_transient(lambda inst_id=inst_id: instrument_close(instrument_id=inst_id, now=now))
         closed += 1
     pending = Order.objects.filter(instrument=OuterRef("pk"), pending_match=True)
     ids = list(
@@ -78,8 +79,8 @@ def sweep() -> dict:
 @shared_task(ignore_result=True)
 def auctions_run() -> dict:
     """Open tomorrow's day-ahead auctions; clear those whose gate has closed."""
-    opened = services.auctions_open_due()
-    cleared = services.auctions_clear_due()
+    opened = retry_transient(services.auctions_open_due)
+    cleared = retry_transient(services.auctions_clear_due)
     return {"opened": opened, "cleared": len(cleared)}
 
 
