@@ -21,7 +21,7 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from marketplace import roles, selectors, services
+from marketplace import roles, selectors, services, two_factor
 from marketplace.models import Instrument, Region, Side, Tier
 from marketplace.services import NotFound, ServiceError
 from metering.selectors import balances_get
@@ -29,6 +29,7 @@ from pricing import selectors as pricing_selectors
 
 from . import queries
 from .forms import ApiKeyForm, MarketFilterForm, OrderForm, SignupForm, StatementFilterForm, add_service_error
+from .security_views import needs_verification
 from .templatetags.web_tags import price as price_text
 
 LIVE_POLL = "2s"
@@ -47,6 +48,8 @@ def account_required(view):
     @login_required
     @wraps(view)
     def wrapper(request: HttpRequest, *args, **kwargs):
+        if needs_verification(request):  # password given, code not yet
+            return redirect(f"{reverse('web:login_verify')}?next={request.get_full_path()}")
         request.account = queries.account_for_user(user=request.user)
         if request.account is None:
             return _page(request, "web/no_account.html", {}, status=403)
@@ -385,6 +388,7 @@ def api_keys(request: HttpRequest) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         try:
             roles.account_permission_check(user=request.user, account=request.account, action="api_key_manage")
+            two_factor.two_factor_required(request=request, action="create API keys")
             key, raw = services.api_key_create(
                 account=request.account,
                 scopes=form.cleaned_data["scopes"],
