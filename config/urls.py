@@ -1,6 +1,11 @@
 from django.contrib import admin
 from django.urls import include, path
+from django_otp.admin import OTPAdminSite
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
+
+# Staff need two-factor sign-in for admin: its login asks for a TOTP code, and a session not
+# verified by one is not let in (set up the authenticator at /account/security/ first).
+admin.site.__class__ = OTPAdminSite
 
 urlpatterns = [
     path("admin/", admin.site.urls),

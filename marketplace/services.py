@@ -21,10 +21,11 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from metering import money
-from metering.ledger import InsufficientFunds, ledger_accounts_ensure, ledger_post
+from metering.ledger import InsufficientFunds, Posting, ledger_accounts_ensure, ledger_post, ledger_post_many
 from metering.models import LedgerTransaction
 from pricing.dispatch import enqueue_match_on_commit
 
+from . import order_terms
 from .cache_generation import API_KEYS, CATALOG, generation_bump
 from .catalog_cache import catalog_hardware_ids, catalog_instrument
 from .errors import NotFound, ServiceError
@@ -54,18 +55,26 @@ def account_create(
     name = name.strip()
     if not name:
         raise ServiceError("invalid_name", "An account needs a name.", field="name")
-    slug = slugify(name)[:120]
-    if not slug:
+    if "\x00" in name or not any(c.isalnum() for c in name):
         raise ServiceError("invalid_name", "The account name needs letters or digits.", field="name")
+    # The slug names the account in URLs and usage events, so it stays ASCII; a name with no
+    # ASCII letters (次元科技) gets a generated one, unique by its random part.
+    slug = slugify(name)[:120] or f"org-{secrets.token_hex(5)}"
     if not (is_buyer or is_provider):
         raise ServiceError("invalid_roles", "An account is a buyer, a provider, or both.", field="roles")
-    with transaction.atomic():
-        if Account.objects.filter(slug=slug).exists() or Account.objects.filter(name=name).exists():
-            raise ServiceError("account_exists", f"An account named {name!r} already exists.", field="name", status=409)
-        account = Account.objects.create(name=name, slug=slug, is_buyer=is_buyer, is_provider=is_provider)
-        if owner is not None:
-            Membership.objects.create(account=account, user=owner, role=Membership.Role.OWNER)
-        ledger_accounts_ensure(account=account)
+    exists = ServiceError("account_exists", f"An account named {name!r} already exists.", field="name", status=409)
+    try:
+        with transaction.atomic():
+            if Account.objects.filter(slug=slug).exists() or Account.objects.filter(name=name).exists():
+                raise exists
+            account = Account.objects.create(name=name, slug=slug, is_buyer=is_buyer, is_provider=is_provider)
+            if owner is not None:
+                Membership.objects.create(account=account, user=owner, role=Membership.Role.OWNER)
+            ledger_accounts_ensure(account=account)
+    except IntegrityError:
+        # A concurrent sign-up with the same name (or slug) committed first: the unique index
+        # decided, and this one was rolled back.
+        raise exists from None
     return account
 
 
@@ -80,11 +89,16 @@ def account_signup(
     from django.contrib.auth import get_user_model
 
     User = get_user_model()
-    with transaction.atomic():
-        if User.objects.filter(username__iexact=username).exists():
-            raise ServiceError("username_taken", f"The username {username!r} is taken.", field="username", status=409)
-        user = User.objects.create_user(username=username, password=password)
-        account = account_create(name=account_name, is_buyer=is_buyer, is_provider=is_provider, owner=user)
+    taken = ServiceError("username_taken", f"The username {username!r} is taken.", field="username", status=409)
+    try:
+        with transaction.atomic():
+            if User.objects.filter(username__iexact=username).exists():
+                raise taken
+            user = User.objects.create_user(username=username, password=password)
+            account = account_create(name=account_name, is_buyer=is_buyer, is_provider=is_provider, owner=user)
+    except IntegrityError:
+        # A concurrent sign-up took the username first (the unique index decided).
+        raise taken from None
     return user, account
 
 
@@ -266,8 +280,6 @@ def instrument_set_status(*, instrument: Instrument, status: str) -> Instrument:
 # --- orders -----------------------------------------------------------------------------
 
 
-def _check_multiple(value: Decimal, step: Decimal) -> bool:
-    return (value % step) == 0
 
 
 def order_place(
@@ -298,22 +310,12 @@ def order_place(
         raise ServiceError(
             "invalid_time_in_force", "time_in_force must be one of gtc, ioc, fok, post_only.", field="time_in_force"
         )
-    if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity <= 0:
-        raise ServiceError("invalid_quantity", "quantity must be a positive whole number of tokens.", field="quantity")
-    if quantity % instrument.lot_size:
-        raise ServiceError(
-            "invalid_lot",
-            f"quantity must be a multiple of the lot size ({instrument.lot_size:,} tokens).",
-            field="quantity",
+    try:
+        order_terms.order_terms_check(
+            quantity=quantity, price=price, lot_size=instrument.lot_size, tick_size=instrument.tick_size
         )
-    if not isinstance(price, Decimal) or not price.is_finite() or price <= 0:
-        raise ServiceError("invalid_price", "price must be a positive number.", field="price")
-    if not _check_multiple(price, instrument.tick_size):
-        raise ServiceError(
-            "invalid_tick", f"price must be a multiple of the tick size ({instrument.tick_size.normalize()}).", field="price"
-        )
-    if price >= Decimal("1000000"):
-        raise ServiceError("invalid_price", "price is above the largest price the exchange accepts.", field="price")
+    except order_terms.OrderTermsError as exc:
+        raise ServiceError(exc.code, exc.message, field=exc.field) from None
     if instrument.status != Instrument.Status.OPEN:
         raise ServiceError(
             "instrument_not_open", f"{instrument.symbol} is {instrument.status}; it takes no orders.", status=409
@@ -438,14 +440,23 @@ def _release_escrow(*, orders: list[Order], key_prefix: str, instrument: Instrum
     accounts = {o.account_id for o in buys}
     escrow = ledger_account_ids(accounts, LedgerAccount.Kind.ESCROW)
     available = ledger_account_ids(accounts, LedgerAccount.Kind.AVAILABLE)
-    for o in buys:
-        amount = (o.remaining // instrument.lot_size) * o.reserve_per_lot
-        ledger_post(
-            key=f"{key_prefix}:{o.pk}",
-            kind=LedgerTransaction.Kind.ESCROW_RELEASE,
-            legs=[(escrow[o.account_id], -amount), (available[o.account_id], amount)],
-            memo=f"{key_prefix}: release of order #{o.pk} ({o.remaining:,} tokens unfilled)",
-        )
+    # One ledger_post_many: every account of every release is locked once, in ascending id
+    # order, before any balance changes (posting one release per order would lock in order
+    # order, which deadlocks against a transaction locking the same accounts ascending).
+    ledger_post_many(
+        postings=[
+            Posting(
+                key=f"{key_prefix}:{o.pk}",
+                kind=LedgerTransaction.Kind.ESCROW_RELEASE,
+                legs=[
+                    (escrow[o.account_id], -((o.remaining // instrument.lot_size) * o.reserve_per_lot)),
+                    (available[o.account_id], (o.remaining // instrument.lot_size) * o.reserve_per_lot),
+                ],
+                memo=f"{key_prefix}: release of order #{o.pk} ({o.remaining:,} tokens unfilled)",
+            )
+            for o in buys
+        ]
+    )
 
 
 def order_cancel_request(*, account: Account, order_id: int, now: dt.datetime | None = None) -> Order:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 
-from django.utils.dateparse import parse_date, parse_datetime
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, inline_serializer
 from rest_framework import generics, serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from marketplace import timeparse
 from marketplace.api.auth import FundingScope, MeterScope, ReadScope, request_account
 from marketplace.api.fields import PriceField
 from marketplace.models import Trade
@@ -233,17 +233,10 @@ def _when(request, name: str, *, end_of_day: bool) -> dt.datetime | None:
     raw = request.query_params.get(name)
     if not raw:
         return None
-    value = parse_datetime(raw) if "T" in raw else None
-    if value is None:
-        day = parse_date(raw) if "T" not in raw else None
-        if day is None:
-            raise ServiceError(
-                "invalid_parameter", f"{name} is an ISO-8601 date (YYYY-MM-DD) or time with offset.", field=name
-            )
-        value = dt.datetime.combine(day + dt.timedelta(days=1 if end_of_day else 0), dt.time.min, tzinfo=dt.UTC)
-    if value.tzinfo is None:
-        raise ServiceError("invalid_parameter", f"{name} needs a UTC offset (e.g. Z).", field=name)
-    return value
+    try:
+        return timeparse.parse_datetime(raw, dates="end" if end_of_day else "start")
+    except timeparse.TimeParseError as exc:
+        raise ServiceError("invalid_parameter", f"{name} {exc.message}", field=name) from None
 
 
 def _choices(request, name: str, allowed: list[str]) -> list[str]:

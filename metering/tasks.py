@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from marketplace.db_errors import retry_transient
+
 from . import settlement
 
 
@@ -22,4 +24,4 @@ def settle_due() -> dict:
 
 @shared_task(acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def settle_instrument(instrument_id: int) -> dict:
-    return settlement.instrument_settle(instrument_id=instrument_id).as_dict()
+    return retry_transient(lambda: settlement.instrument_settle(instrument_id=instrument_id)).as_dict()

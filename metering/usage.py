@@ -39,8 +39,8 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Min
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
+from marketplace import timeparse
 from marketplace.models import Account, Instrument, Tier, Trade
 from marketplace.services import ServiceError
 
@@ -49,6 +49,8 @@ from .models import Settlement, UsageEvent
 # An event reports one request; beyond this it is a unit mistake (e.g. bytes for tokens).
 MAX_TOKENS_PER_EVENT = 100_000_000
 MAX_EVENT_ID_LENGTH = 128
+# Ids are 64-bit in the database; a larger number is not an id (and would overflow the query).
+MAX_ID = 2**63 - 1
 # How far ahead of the exchange's clock a provider's clock may run.
 CLOCK_SKEW = dt.timedelta(minutes=5)
 # Advisory lock namespace (first key of pg_advisory_xact_lock(int, int)) for "settling an
@@ -133,20 +135,17 @@ def _count(value: Any) -> int | None:
 def _parse_timestamp(raw: Any) -> dt.datetime | None:
     if isinstance(raw, bool):
         return None
-    if isinstance(raw, (int, float)):  # epoch seconds, like OpenAI's `created`
-        try:
-            return dt.datetime.fromtimestamp(raw, tz=dt.UTC)
-        except (OverflowError, OSError, ValueError):
-            return None
-    if not isinstance(raw, str):
-        return None
     try:
-        value = parse_datetime(raw.strip())
-    except ValueError:
+        if isinstance(raw, (int, float)):  # epoch seconds, like OpenAI's `created`
+            return timeparse.parse_epoch(raw)
+        return timeparse.parse_datetime(raw)
+    except timeparse.TimeParseError:
         return None
-    if value is None or value.tzinfo is None:
-        return None
-    return value.astimezone(dt.UTC)
+
+
+def _text(value: Any) -> bool:
+    """A string the database can store and compare: PostgreSQL refuses NUL in text."""
+    return isinstance(value, str) and "\x00" not in value
 
 
 def _payload_hash(*, buyer: str, target: str, occurred_at: dt.datetime, prompt: int, cached: int, completion: int) -> str:
@@ -157,25 +156,25 @@ def _payload_hash(*, buyer: str, target: str, occurred_at: dt.datetime, prompt: 
 def _parse_event(index: int, raw: Any) -> tuple[EventResult, _Parsed | None]:
     """Check one event's shape and counts (no database). A rejection fills the result."""
     event_id = raw.get("event_id") if isinstance(raw, dict) else None
-    result = EventResult(index=index, event_id=event_id if isinstance(event_id, str) else None)
+    result = EventResult(index=index, event_id=event_id if _text(event_id) else None)
     if not isinstance(raw, dict):
         result.reject("malformed", "An event is a JSON object.")
         return result, None
-    if not isinstance(event_id, str) or not event_id.strip() or len(event_id) > MAX_EVENT_ID_LENGTH:
+    if not _text(event_id) or not event_id.strip() or len(event_id) > MAX_EVENT_ID_LENGTH:
         result.reject("malformed", f"event_id is a non-empty string of at most {MAX_EVENT_ID_LENGTH} characters.")
         return result, None
     buyer = raw.get("buyer")
-    if not isinstance(buyer, str) or not buyer:
+    if not _text(buyer) or not buyer or len(buyer) > MAX_EVENT_ID_LENGTH:
         result.reject("malformed", "buyer is the buyer's account slug.")
         return result, None
     instrument, contract = raw.get("instrument"), raw.get("contract")
     if (instrument is None) == (contract is None):
         result.reject("malformed", "Give exactly one of instrument (symbol) or contract (id).")
         return result, None
-    if instrument is not None and not isinstance(instrument, str):
+    if instrument is not None and (not _text(instrument) or len(instrument) > MAX_EVENT_ID_LENGTH):
         result.reject("malformed", "instrument is a symbol tier:region:YYYY-MM-DD.")
         return result, None
-    if contract is not None and _count(contract) is None:
+    if contract is not None and (_count(contract) is None or not 0 < contract <= MAX_ID):
         result.reject("malformed", "contract is a contract (trade) id.")
         return result, None
     occurred_at = _parse_timestamp(raw.get("timestamp"))

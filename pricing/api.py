@@ -15,7 +15,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from marketplace import services
+from marketplace import services, timeparse
 from marketplace.api.fields import price_str
 from marketplace.errors import ServiceError
 
@@ -31,14 +31,9 @@ def _dt_param(request, name: str) -> dt.datetime | None:
     if raw is None or raw == "":
         return None
     try:
-        value = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise ServiceError(
-            "invalid_parameter", f"{name} must be an ISO-8601 time, e.g. 2026-11-26T00:00:00Z.", field=name
-        ) from None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.UTC)
-    return value
+        return timeparse.parse_datetime(raw, naive="utc", dates="start")
+    except timeparse.TimeParseError as exc:
+        raise ServiceError("invalid_parameter", f"{name} {exc.message}", field=name) from None
 
 
 def _date_param(request, name: str) -> dt.date | None:
@@ -46,9 +41,9 @@ def _date_param(request, name: str) -> dt.date | None:
     if raw is None or raw == "":
         return None
     try:
-        return dt.date.fromisoformat(raw)
-    except ValueError:
-        raise ServiceError("invalid_parameter", f"{name} must be a date, YYYY-MM-DD.", field=name) from None
+        return timeparse.parse_date(raw)
+    except timeparse.TimeParseError as exc:
+        raise ServiceError("invalid_parameter", f"{name} {exc.message}", field=name) from None
 
 
 def _iso(value: dt.datetime | None) -> str | None:

@@ -13,6 +13,7 @@ from django.core.cache import cache
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
+from marketplace.db_errors import retry_transient
 from marketplace.models import LIVE_STATUSES, Instrument, Order
 
 from . import auction_runs, dispatch, matcher
@@ -27,7 +28,7 @@ enqueue_match = dispatch.enqueue_match  # old import path, kept for callers outs
 def match_instrument(instrument_id: int) -> dict:
     cache.delete(dispatch.QUEUED_KEY.format(instrument_id))
     loads = matcher.resident_stats["loaded"]
-    report = matcher.instrument_match(instrument_id=instrument_id)
+    report = retry_transient(lambda: matcher.instrument_match(instrument_id=instrument_id))
     if report.more_pending:
         dispatch.enqueue_match(instrument_id)
     # Logged by the worker with the task's success line (operators and tests read "loads": how
@@ -52,7 +53,7 @@ def sweep() -> dict:
     for inst_id in Instrument.objects.filter(
         delivery_end__lte=now, status__in=[Instrument.Status.OPEN, Instrument.Status.HALTED]
     ).values_list("id", flat=True):
-        instrument_close(instrument_id=inst_id, now=now)
+        retry_transient(lambda inst_id=inst_id: instrument_close(instrument_id=inst_id, now=now))
         closed += 1
     waiting = Order.objects.filter(instrument=OuterRef("pk")).filter(
         Q(pending_match=True) | Q(cancel_requested_at__isnull=False, status__in=LIVE_STATUSES)
@@ -71,8 +72,8 @@ def sweep() -> dict:
 @shared_task(ignore_result=True)
 def auctions_run() -> dict:
     """Open tomorrow's day-ahead auctions; clear those whose gate has closed."""
-    opened = auction_runs.auctions_open_due()
-    cleared = auction_runs.auctions_clear_due()
+    opened = retry_transient(auction_runs.auctions_open_due)
+    cleared = retry_transient(auction_runs.auctions_clear_due)
     return {"opened": opened, "cleared": len(cleared)}
 
 

@@ -11,6 +11,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from marketplace import db_errors
 from marketplace.services import ServiceError
 
 logger = logging.getLogger(__name__)
@@ -73,11 +74,31 @@ def database_unavailable_response() -> Response:
     return response
 
 
+def database_busy_response() -> Response:
+    """503 for a deadlock or serialization failure that outlived its retries: nothing changed."""
+    response = Response(
+        error_body(
+            "database_busy",
+            "The exchange was too busy to complete this request; nothing was changed. Retry "
+            "(with the same Idempotency-Key for orders).",
+        ),
+        status=status.HTTP_503_SERVICE_UNAVAILABLE,
+    )
+    response["Retry-After"] = "1"
+    return response
+
+
 def exception_handler(exc, context):
     if isinstance(exc, (OperationalError, InterfaceError)):
-        # Logged with the traceback: an operator needs to see it, the client only a 503.
-        logger.error("database unavailable during %s", context.get("view"), exc_info=exc)
-        return database_unavailable_response()
+        # Classified by cause (SQLSTATE, connection state): only a lost connection is an outage;
+        # anything else propagates as the bug it is (a 500, logged by Django).
+        if db_errors.is_unavailable(exc):
+            logger.error("database unavailable during %s", context.get("view"), exc_info=exc)
+            return database_unavailable_response()
+        if db_errors.is_transient(exc):
+            logger.warning("transient database error during %s", context.get("view"), exc_info=exc)
+            return database_busy_response()
+        return None
     if isinstance(exc, ServiceError):
         fields = {exc.field: [exc.message]} if exc.field else {}
         return Response(error_body(exc.code, exc.message, fields), status=exc.status)

@@ -6,7 +6,7 @@ import hashlib
 import json
 from collections.abc import Callable
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from rest_framework.response import Response
 
 from marketplace.models import Account, IdempotencyRecord
@@ -17,6 +17,21 @@ MAX_KEY_LENGTH = 128
 
 def request_hash(data) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def idempotency_lock_id(*, account_id: int, key: str) -> int:
+    """The advisory lock id of (account, key): 64 bits of its hash (a collision only serializes)."""
+    digest = hashlib.sha256(f"idempotency:{account_id}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def idempotency_lock(*, account_id: int, key: str) -> None:
+    """Hold (account, key)'s advisory lock to the end of the transaction (PostgreSQL; SQLite
+    serializes writers anyway)."""
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", [idempotency_lock_id(account_id=account_id, key=key)])
 
 
 def _replay(record: IdempotencyRecord, body_hash: str) -> Response:
@@ -39,11 +54,14 @@ def idempotent(*, key: str | None, account: Account, data, run: Callable[[], Res
     if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
         raise ServiceError("invalid_idempotency_key", f"Idempotency-Key must be 1-{MAX_KEY_LENGTH} printable characters.")
     body_hash = request_hash(data)
-    existing = IdempotencyRecord.objects.filter(account=account, key=key).first()
-    if existing is not None:
-        return _replay(existing, body_hash)
     try:
         with transaction.atomic():
+            # A concurrent retry with the same key waits here for the first request to commit,
+            # then finds its record and replays it (instead of racing it to the unique index).
+            idempotency_lock(account_id=account.pk, key=key)
+            existing = IdempotencyRecord.objects.filter(account=account, key=key).first()
+            if existing is not None:
+                return _replay(existing, body_hash)
             response = run()
             if 200 <= response.status_code < 300:
                 IdempotencyRecord.objects.create(
@@ -54,7 +72,8 @@ def idempotent(*, key: str | None, account: Account, data, run: Callable[[], Res
                     response_body=json.loads(json.dumps(response.data, default=str)),
                 )
     except IntegrityError:
-        # A concurrent request with the same key won; everything this one did is rolled back.
+        # Without the lock (SQLite) a concurrent request with the same key may win the unique
+        # index; everything this one did is rolled back.
         existing = IdempotencyRecord.objects.filter(account=account, key=key).first()
         if existing is None:
             raise

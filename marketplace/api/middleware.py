@@ -19,6 +19,8 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.http import HttpResponse, JsonResponse
 
+from marketplace import db_errors
+
 from .errors import DB_RETRY_AFTER, api_not_found, error_body
 
 logger = logging.getLogger(__name__)
@@ -106,11 +108,17 @@ class RequestLimitsMiddleware:
     def process_exception(self, request, exception):
         if not isinstance(exception, (OperationalError, InterfaceError)):
             return None
-        logger.error("database unavailable during %s", request.path, exc_info=exception)
-        message = "The exchange could not reach its database; nothing was changed. Retry shortly."
+        if db_errors.is_transient(exception):
+            message, code, retry = "The exchange was too busy; nothing was changed. Retry.", "database_busy", 1
+        elif db_errors.is_unavailable(exception):
+            message = "The exchange could not reach its database; nothing was changed. Retry shortly."
+            code, retry = "database_unavailable", DB_RETRY_AFTER
+        else:
+            return None  # caused by the request, not an outage: Django's 500, logged as a bug
+        logger.error("%s during %s", code, request.path, exc_info=exception)
         if _is_api(request.path):
-            response = JsonResponse(error_body("database_unavailable", message), status=503)
+            response = JsonResponse(error_body(code, message), status=503)
         else:
             response = HttpResponse(message, status=503, content_type="text/plain; charset=utf-8")
-        response["Retry-After"] = str(DB_RETRY_AFTER)
+        response["Retry-After"] = str(retry)
         return response

@@ -1,9 +1,23 @@
 import logging
 
+from django.conf import settings
 from rest_framework.settings import api_settings
 from rest_framework.throttling import SimpleRateThrottle
 
 log = logging.getLogger(__name__)
+
+
+def client_address(request) -> str | None:
+    """The client's address: REMOTE_ADDR, or with settings.TRUSTED_PROXY_COUNT = n proxies in
+    front, the address the outermost of them appended to X-Forwarded-For (what a client puts
+    there itself is further left and ignored). The rule DRF applies with NUM_PROXIES."""
+    remote = request.META.get("REMOTE_ADDR")
+    count = settings.TRUSTED_PROXY_COUNT
+    xff = request.META.get("HTTP_X_FORWARDED_FOR")
+    if not count or not xff:
+        return remote
+    addrs = [a.strip() for a in xff.split(",")]
+    return addrs[-min(count, len(addrs))] or remote
 
 
 class FailOpenMixin:

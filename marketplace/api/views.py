@@ -168,7 +168,11 @@ class OrderFilter(django_filters.FilterSet):
         fields = ["status", "side", "instrument"]
 
     def filter_instrument(self, queryset, name, value):
-        tier, region, day = services.instrument_symbol_parse(value)
+        try:
+            tier, region, day = services.instrument_symbol_parse(value)
+        except services.NotFound as exc:
+            # A filter that is not a symbol is a malformed request, not a missing object.
+            raise services.ServiceError("invalid_parameter", exc.message, field="instrument") from None
         return queryset.filter(instrument__tier__code=tier, instrument__region__code=region, instrument__delivery_date=day)
 
 

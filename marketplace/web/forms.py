@@ -6,6 +6,7 @@ carries that API field, in the service's own words, so the page says what the AP
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from decimal import Decimal, InvalidOperation
 
@@ -13,7 +14,9 @@ from django import forms
 from django.contrib.auth import password_validation
 from django.contrib.auth.forms import UsernameField
 
+from marketplace import order_terms, timeparse
 from marketplace.models import ApiKey, Hardware, Instrument, Region, Side, Tier, TimeInForce
+from marketplace.order_terms import MAX_ORDER_QUANTITY
 from marketplace.services import ServiceError
 from metering.models import LedgerAccount, LedgerTransaction
 
@@ -24,6 +27,21 @@ def add_service_error(form: forms.Form, exc: ServiceError, field_map: dict[str, 
     """Show a service refusal beside its field (API field name mapped to the form's)."""
     name = (field_map or {}).get(exc.field or "", exc.field)
     form.add_error(name if name in form.fields else None, exc.message)
+
+
+class CheckedDateField(forms.DateField):
+    """A date through the one range-checked parser (marketplace/timeparse.py): a date the
+    queries can add a day to without overflowing, or a field error."""
+
+    def to_python(self, value):
+        if value in self.empty_values:
+            return None
+        if isinstance(value, dt.date):
+            return value
+        try:
+            return timeparse.parse_date(value)
+        except timeparse.TimeParseError as exc:
+            raise forms.ValidationError(f"The date {exc.message}", code="invalid") from None
 
 
 class SignupForm(forms.Form):
@@ -116,10 +134,19 @@ class OrderForm(forms.Form):
             mtok = Decimal(raw)
         except InvalidOperation:
             raise forms.ValidationError("quantity must be a positive whole number of tokens.") from None
+        if mtok.is_finite() and mtok > MAX_ORDER_QUANTITY // MTOK:
+            # Compared before multiplying: 1e999999999 x 1e6 would overflow the decimal context.
+            raise forms.ValidationError(f"quantity is at most {MAX_ORDER_QUANTITY // MTOK:,} Mtok per order.")
+        if not mtok.is_finite() or mtok <= 0:
+            raise forms.ValidationError("quantity must be a positive whole number of tokens.")
         tokens = mtok * MTOK
         if not tokens.is_finite() or tokens <= 0 or tokens != tokens.to_integral_value():
             raise forms.ValidationError("quantity must be a positive whole number of tokens.")
-        return int(tokens)
+        # The service's own check, here too so the live preview never computes with it.
+        try:
+            return order_terms.quantity_check(quantity=int(tokens), lot_size=self.instrument.lot_size)
+        except order_terms.OrderTermsError as exc:
+            raise forms.ValidationError(exc.message) from None
 
     def clean_price(self) -> Decimal:
         raw = _no_separator(self.cleaned_data["price"], example="7.50")
@@ -127,9 +154,10 @@ class OrderForm(forms.Form):
             price = Decimal(raw)
         except InvalidOperation:
             raise forms.ValidationError("price must be a positive number.") from None
-        if not price.is_finite() or price <= 0:
-            raise forms.ValidationError("price must be a positive number.")
-        return price
+        try:
+            return order_terms.price_check(price=price, tick_size=self.instrument.tick_size)
+        except order_terms.OrderTermsError as exc:
+            raise forms.ValidationError(exc.message) from None
 
     def service_kwargs(self) -> dict:
         d = self.cleaned_data
@@ -162,7 +190,7 @@ class ApiKeyForm(forms.Form):
 class MarketFilterForm(forms.Form):
     tier = forms.ChoiceField(label="Tier", required=False)
     region = forms.ChoiceField(label="Region", required=False)
-    day = forms.DateField(label="Delivery day", required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    day = CheckedDateField(label="Delivery day", required=False, widget=forms.DateInput(attrs={"type": "date"}))
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -180,8 +208,8 @@ class StatementFilterForm(forms.Form):
     transaction_kind = forms.ChoiceField(
         label="Kind", required=False, choices=[("", "all")] + list(LedgerTransaction.Kind.choices)
     )
-    date_from = forms.DateField(label="From", required=False, widget=forms.DateInput(attrs={"type": "date"}))
-    date_to = forms.DateField(label="To", required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    date_from = CheckedDateField(label="From", required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    date_to = CheckedDateField(label="To", required=False, widget=forms.DateInput(attrs={"type": "date"}))
 
     def filters(self) -> dict:
         if not self.is_valid():

@@ -10,6 +10,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.views.decorators.http import require_http_methods, require_POST
 
+from marketplace import roles, two_factor
 from marketplace.services import NotFound, ServiceError
 from metering import funding
 from metering.models import FundingRequest
@@ -61,6 +62,12 @@ def funding_page(request: HttpRequest) -> HttpResponse:
                     )
                     message = f"{done.amount} TEST FUNDS credited (sandbox, not real money)."
                 else:
+                    if kind == "withdrawal":
+                        # Money leaving the exchange: an owner, signed in with a second factor.
+                        roles.account_permission_check(
+                            user=request.user, account=request.account, action="withdrawal_request"
+                        )
+                        two_factor.two_factor_required(request=request, action="request withdrawals")
                     service, text = _SERVICES[kind]
                     done = service(
                         account=request.account,

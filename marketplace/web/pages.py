@@ -9,9 +9,11 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
+from django.urls import reverse
 
 from . import queries
+from .security_views import needs_verification
 
 LIVE_POLL = "2s"
 
@@ -30,6 +32,8 @@ def account_required(view):
     @login_required
     @wraps(view)
     def wrapper(request: HttpRequest, *args, **kwargs):
+        if needs_verification(request):  # password given, two-factor code not yet
+            return redirect(f"{reverse('web:login_verify')}?next={request.get_full_path()}")
         request.account = queries.account_for_user(user=request.user)
         if request.account is None:
             return page(request, "web/no_account.html", {}, status=403)

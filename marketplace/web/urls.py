@@ -1,16 +1,14 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from . import funding, views
+from . import funding, security_views, views
 
 urlpatterns = [
     path("", views.markets, name="markets"),
     path("signup/", views.signup, name="signup"),
-    path(
-        "login/",
-        auth_views.LoginView.as_view(template_name="web/login.html", redirect_authenticated_user=True),
-        name="login",
-    ),
+    path("login/", security_views.LoginView.as_view(), name="login"),
+    path("login/verify/", security_views.login_verify, name="login_verify"),
+    path("account/security/", security_views.security, name="security"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("markets/<str:symbol>/", views.instrument, name="instrument"),
     path("markets/<str:symbol>/order/", views.order_place, name="order_place"),

@@ -18,7 +18,7 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from marketplace import selectors, services
+from marketplace import roles, selectors, services, two_factor
 from marketplace.market_snapshot import snapshot_get
 from marketplace.models import Instrument, Region, Side, Tier
 from marketplace.services import NotFound, ServiceError
@@ -390,6 +390,8 @@ def api_keys(request: HttpRequest) -> HttpResponse:
     status = 200
     if request.method == "POST" and form.is_valid():
         try:
+            roles.account_permission_check(user=request.user, account=request.account, action="api_key_manage")
+            two_factor.two_factor_required(request=request, action="create API keys")
             key, raw = services.api_key_create(
                 account=request.account,
                 scopes=form.cleaned_data["scopes"],
@@ -398,7 +400,7 @@ def api_keys(request: HttpRequest) -> HttpResponse:
             )
         except ServiceError as exc:
             add_service_error(form, exc)
-            status = 400
+            status = exc.status
         else:
             # Shown once, in this response only; the database keeps a hash.
             created = {"key": key, "raw": raw}
@@ -416,6 +418,11 @@ def api_key_revoke(request: HttpRequest, key_id: int) -> HttpResponse:
     key = queries.api_key_for_account(account=request.account, key_id=key_id)
     if key is None:
         raise Http404("No such key in your account.")
+    try:
+        roles.account_permission_check(user=request.user, account=request.account, action="api_key_manage")
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+        return redirect("web:api_keys")
     services.api_key_revoke(key=key)
     messages.success(request, f"Key {key.prefix}… revoked; requests with it are refused from now on.")
     return redirect("web:api_keys")

@@ -13,6 +13,7 @@ from metering.settlement import settlements_run_due
 from metering.usage import usage_ingest
 from pricing.services import instrument_match
 from tests import factories
+from tests.web.conftest import otp_verified
 
 _event_ids = itertools.count(1)
 
@@ -128,4 +129,4 @@ def superuser(db, django_user_model):
 @pytest.fixture
 def staff_client(client, superuser):
     client.force_login(superuser)
-    return client
+    return otp_verified(client, superuser)  # admin requires two-factor sign-in for staff

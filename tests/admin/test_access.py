@@ -11,6 +11,7 @@ from django.urls import reverse
 from marketplace.models import ApiKey, Instrument
 from metering.models import LedgerTransaction
 from tests import factories
+from tests.web.conftest import otp_verified
 
 pytestmark = pytest.mark.django_db
 REPORT_URL = "admin:metering_settlement_report"
@@ -42,6 +43,7 @@ def test_anonymous_and_non_staff_cannot_reach_the_report(client, plain_user, wor
 
 def test_staff_without_settlement_permission_gets_403(client, bare_staff):
     client.force_login(bare_staff)
+    otp_verified(client, bare_staff)  # staff pass two-factor sign-in; permissions decide
     assert client.get(reverse(REPORT_URL)).status_code == 403
     bare_staff.user_permissions.add(Permission.objects.get(codename="view_settlement"))
     assert client.get(reverse(REPORT_URL)).status_code == 200
@@ -120,6 +122,7 @@ def test_staff_without_permissions_cannot_run_admin_actions(client, bare_staff, 
     for codename in ("view_instrument", "view_order", "view_apikey", "view_account"):
         bare_staff.user_permissions.add(Permission.objects.get(codename=codename))
     client.force_login(bare_staff)
+    otp_verified(client, bare_staff)  # staff pass two-factor sign-in; permissions decide
     status = _prepare(targets, action)
     deposits = LedgerTransaction.objects.filter(kind="deposit").count()
     balance_before = _available(targets["account"])
@@ -135,7 +138,9 @@ def test_staff_without_permissions_cannot_run_admin_actions(client, bare_staff, 
 def test_a_superuser_resumes_a_halted_instrument(client, django_user_model, targets):
     # The control for the refusals above: the same request by someone allowed changes the state.
     _prepare(targets, "resume")
-    client.force_login(django_user_model.objects.create_superuser("boss", "b@example.com", "pw-boss-1234"))
+    boss = django_user_model.objects.create_superuser("boss", "b@example.com", "pw-boss-1234")
+    client.force_login(boss)
+    otp_verified(client, boss)  # admin asks staff for a second factor
     resp = _post_action(client, "marketplace_instrument", "resume", [targets["instrument"].pk])
     assert resp.status_code in (200, 302)
     targets["instrument"].refresh_from_db()

@@ -25,6 +25,7 @@ from marketplace import services
 from marketplace.api.key_cache import api_key_cached
 from marketplace.models import ApiKey, Instrument, Region
 from tests import factories, workers
+from tests.web.conftest import otp_verified
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -127,6 +128,7 @@ def test_the_catalog_is_served_from_the_cache_and_an_admin_edit_is_seen_at_once(
     admin = get_user_model().objects.create_superuser("root", "root@example.com", "pw-long-enough-1")
     web = Client()
     web.force_login(admin)
+    otp_verified(web, admin)  # admin asks staff for a second factor
     response = web.post(
         f"/admin/marketplace/region/{region.pk}/change/",
         {"code": region.code, "name": "West renamed", "electricity_price_per_kwh": "0.4321"},

@@ -22,7 +22,7 @@ from metering.selectors import balances_by_currency, balances_get
 from tests import factories
 from tests.conftest import api_client_for
 from tests.invariants import assert_invariants
-from tests.web.conftest import logged_in, member
+from tests.web.conftest import logged_in, member, otp_verified
 
 pytestmark = pytest.mark.django_db
 
@@ -221,6 +221,7 @@ def test_api_lists_only_own_requests(buyer, other_buyer):
 
 def test_admin_queue_approves_in_one_action_and_logs_it(client, staff, buyer):
     client.force_login(staff)
+    otp_verified(client, staff)  # admin asks staff for a second factor
     deposit = funding.funding_deposit_request(account=buyer, amount="70.00")
     withdrawal = funding.funding_withdrawal_request(account=buyer, amount="30.00")
     done = funding.funding_deposit_request(account=buyer, amount="1.00")
@@ -252,6 +253,7 @@ def test_admin_without_ledger_permission_cannot_decide(client, django_user_model
     viewer = django_user_model.objects.create_user("viewer", password="viewer-pass-2026", is_staff=True)
     viewer.user_permissions.add(Permission.objects.get(codename="view_fundingrequest"))
     client.force_login(viewer)
+    otp_verified(client, viewer)
     request = funding.funding_deposit_request(account=buyer, amount="5.00")
     client.post(reverse("admin:metering_fundingrequest_changelist"), {"action": "approve", "_selected_action": [request.pk]})
     request.refresh_from_db()
@@ -315,3 +317,22 @@ def test_two_staff_approving_at_once_pay_out_once(buyer, staff):
     assert LedgerTransaction.objects.filter(key=f"withdrawal-paid:{request.pk}").count() == 1
     assert _hold(buyer) == D("0.00")
     assert_invariants()
+
+
+def test_web_withdrawal_needs_an_owner_with_a_second_factor(buyer):
+    from django.contrib.auth import get_user_model
+
+    from marketplace.models import Membership
+
+    data = {"kind": "withdrawal", "withdrawal-amount": "5.00", "withdrawal-reference": ""}
+    unverified = logged_in(member(buyer), two_factor=False)
+    r = unverified.post(reverse("web:funding"), data)
+    assert r.status_code == 403 and "two-factor" in r.content.decode()
+    plain = get_user_model().objects.create_user("plain-member", password="member-pass-2026")
+    Membership.objects.create(account=buyer, user=plain, role=Membership.Role.MEMBER)
+    r = logged_in(plain).post(reverse("web:funding"), data)
+    assert r.status_code == 403 and "Only an owner" in r.content.decode()
+    assert not FundingRequest.objects.exists()
+    # A deposit request moves no money: any member may ask for one.
+    r = logged_in(plain).post(reverse("web:funding"), {"kind": "deposit", "deposit-amount": "5.00"})
+    assert r.status_code == 302 and FundingRequest.objects.get().kind == "deposit"

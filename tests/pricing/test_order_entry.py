@@ -23,6 +23,7 @@ from pricing.matcher import instrument_match
 from pricing.replay import instrument_replay, instrument_trades
 from tests import factories
 from tests.invariants import assert_invariants
+from tests.web.conftest import otp_verified
 
 FUNDS = D("100000.00")
 
@@ -109,6 +110,7 @@ def test_the_resident_book_is_reused_between_batches_and_reloaded_after_an_outsi
     # and the next batch reads the book again (one query more: the resting orders).
     ops = django_user_model.objects.create_superuser("ops", "ops@example.com", "pw-ops-1234")
     client.force_login(ops)
+    otp_verified(client, ops)  # admin asks staff for a second factor
     victim = factories.place(buyer, inst, "buy", 1, "0.90")
     assert _batch(inst)[1] == {"loaded": 0, "reused": 1}
     version = InstrumentBook.objects.get(pk=inst.pk).version

@@ -31,6 +31,7 @@ from pricing.services import instrument_match
 from tests import factories
 from tests.security.ownership import NOT_LISTS, OWN_IDS, listed_ids
 from tests.security.routes import Route, api_operations, required_scope, web_pages
+from tests.web.conftest import otp_verified
 
 pytestmark = pytest.mark.django_db
 
@@ -352,6 +353,7 @@ def test_admin_pages_admit_only_staff(world):
     staff = get_user_model().objects.create_superuser("staff", password="pw-staff-123!")
     staff_client, member = Client(), Client()
     staff_client.force_login(staff)
+    otp_verified(staff_client, staff)  # admin requires two-factor sign-in of staff
     member.force_login(world["owner_user"])
     _, raw = services.api_key_create(account=world["owner"], scopes=["read", "trade", "meter"])
     for path in _admin_paths():

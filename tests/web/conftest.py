@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
+from django_otp import DEVICE_ID_SESSION_KEY
+from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from marketplace.models import Account, Membership
 
@@ -18,10 +20,24 @@ def member(account: Account, username: str | None = None):
     return user
 
 
-def logged_in(user) -> Client:
+def otp_verified(client: Client, user) -> Client:
+    """Give `user` a confirmed authenticator and mark the client's session verified by it, as
+    a login with password and code does (django-otp keeps the device id in the session)."""
+    device = TOTPDevice.objects.filter(user=user, confirmed=True).first() or TOTPDevice.objects.create(
+        user=user, name="test authenticator", confirmed=True
+    )
+    session = client.session
+    session[DEVICE_ID_SESSION_KEY] = device.persistent_id
+    session.save()
+    return client
+
+
+def logged_in(user, *, two_factor: bool = True) -> Client:
+    """A client signed in as `user`; by default with a verified second factor (set
+    two_factor=False for a user who never set one up)."""
     client = Client()
     client.force_login(user)
-    return client
+    return otp_verified(client, user) if two_factor else client
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
-import datetime as dt
 
 from django.core.management.base import BaseCommand, CommandError
 
+from marketplace import timeparse
 from marketplace.services import ServiceError
 from metering import settlement
 
@@ -28,9 +28,9 @@ class Command(BaseCommand):
         try:
             if period:
                 try:
-                    day = dt.date.fromisoformat(period)
-                except ValueError:
-                    raise CommandError(f"--period {period!r} is not a date YYYY-MM-DD") from None
+                    day = timeparse.parse_date(period)
+                except timeparse.TimeParseError as exc:
+                    raise CommandError(f"--period {period!r} is not a date YYYY-MM-DD: it {exc.message}") from None
                 report = settlement.settlements_run_period(day=day, chunk_contracts=chunk, progress=progress)
             else:
                 report = settlement.settlements_run_due(chunk_contracts=chunk, progress=progress)

@@ -14,6 +14,7 @@ import sys
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
+from marketplace import timeparse
 from marketplace.models import Instrument, Region, Tier
 from marketplace.services import ServiceError, account_get, instrument_get
 from metering import reports
@@ -23,9 +24,9 @@ CHUNK_INSTRUMENTS = 50
 
 def _date(raw: str) -> dt.date:
     try:
-        return dt.date.fromisoformat(raw)
-    except ValueError:
-        raise CommandError(f"{raw!r} is not a date (YYYY-MM-DD)") from None
+        return timeparse.parse_date(raw)
+    except timeparse.TimeParseError as exc:
+        raise CommandError(f"{raw!r} is not a date (YYYY-MM-DD): it {exc.message}") from None
 
 
 class Command(BaseCommand):
