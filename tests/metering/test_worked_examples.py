@@ -9,7 +9,6 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-from django.conf import settings
 
 from marketplace.models import Instrument
 from metering.ledger import system_account
@@ -138,7 +137,3 @@ def test_nothing_delivered_take_or_pay_share_and_full_refund(catalog):
     assert balances_get(account=buyer)["available"] == D("43.99")
     assert balances_get(account=provider)["available"] == D("6.00")
     assert_invariants()
-
-
-def test_grace_hours_setting_is_what_settlement_waits_for(catalog):
-    assert settings.SETTLEMENT_GRACE_HOURS >= 0
