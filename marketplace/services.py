@@ -15,7 +15,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 from django.utils.text import slugify
@@ -282,6 +282,21 @@ def instrument_set_status(*, instrument: Instrument, status: str) -> Instrument:
 
 
 
+def _instrument_key_share(*, instrument_id: int) -> None:
+    """Take the order's foreign-key lock on its instrument now, before the ledger rows.
+
+    PostgreSQL checks the order -> instrument foreign key (deferred) at COMMIT with FOR KEY
+    SHARE on the instrument row, i.e. after the escrow posting locked the buyer's ledger rows:
+    the reverse of the global lock order (instrument first, ledger last), so a placement and an
+    instrument close releasing that buyer's escrow could deadlock. KEY SHARE locks do not
+    conflict with each other, so placements on one instrument still never wait for each other;
+    they wait only for a close or halt holding the row FOR UPDATE.
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cur:
+            cur.execute("SELECT 1 FROM marketplace_instrument WHERE id = %s FOR KEY SHARE", [instrument_id])
+
+
 def order_place(
     *,
     account: Account,
@@ -370,6 +385,7 @@ def order_place(
 
     try:
         with transaction.atomic():
+            _instrument_key_share(instrument_id=instrument.pk)
             if client_order_id and Order.objects.filter(account=account, client_order_id=client_order_id).exists():
                 raise ServiceError(
                     "duplicate_client_order_id", f"client_order_id {client_order_id!r} is already used by another order.",

@@ -32,6 +32,13 @@ log = logging.getLogger(__name__)
 MATCH_TASK = "pricing.tasks.match_instrument"
 MATCH_WORKERS_KEY = "ciyuan:match-workers"
 
+
+def _workers_key() -> str:
+    # Behind the same prefix as the broker's keys, so exchanges sharing one Redis (parallel
+    # test runs) never route an instrument to another one's worker.
+    prefix = getattr(settings, "REDIS_KEY_PREFIX", "")
+    return f"{prefix}:{MATCH_WORKERS_KEY}" if prefix else MATCH_WORKERS_KEY
+
 # While this key exists a match task for the instrument is queued and not yet started, so
 # more placements need not queue another one. It only saves work: the task deletes it before
 # reading, and the sweep catches anything a lost key or lost task leaves behind.
@@ -53,12 +60,12 @@ def _redis():
 def worker_heartbeat(*, hostname: str) -> None:
     """Called by each worker every few seconds (pricing.tasks starts the thread)."""
     if settings.REDIS_URL:
-        _redis().hset(MATCH_WORKERS_KEY, hostname, f"{time.time():.3f}")
+        _redis().hset(_workers_key(), hostname, f"{time.time():.3f}")
 
 
 def worker_gone(*, hostname: str) -> None:
     if settings.REDIS_URL:
-        _redis().hdel(MATCH_WORKERS_KEY, hostname)
+        _redis().hdel(_workers_key(), hostname)
 
 
 def live_workers() -> list[str]:
@@ -70,7 +77,7 @@ def live_workers() -> list[str]:
     if now - _live_cache[0] < 1.0:
         return _live_cache[1]
     try:
-        beats = _redis().hgetall(MATCH_WORKERS_KEY)
+        beats = _redis().hgetall(_workers_key())
     except Exception:  # Redis down: the shared queue still works once it is back
         return []
     cutoff = time.time() - settings.MATCH_WORKER_TTL_SECONDS

@@ -164,6 +164,11 @@ def _check_ledger() -> dict[int, Decimal]:
 
 
 def _check_orders_and_trades(orders: dict[int, Order], trades: list[Trade]) -> None:
+    from pricing.models import CallAuction
+
+    auction_clears = dict(
+        CallAuction.objects.filter(status=CallAuction.Status.CLEARED).values_list("instrument_id", "cleared_at")
+    )
     fills: dict[int, int] = defaultdict(int)
     for t in trades:
         buy, sell = orders[t.buy_order_id], orders[t.sell_order_id]
@@ -183,8 +188,13 @@ def _check_orders_and_trades(orders: dict[int, Order], trades: list[Trade]) -> N
             _fail(f"trade {t.pk} breaks the hardware rule: {sell.hardware.code} not in {buy.allowed_hardware}")
         if t.quantity <= 0 or t.quantity % buy.instrument.lot_size:
             _fail(f"trade {t.pk}: quantity {t.quantity} is not a positive number of lots")
-        # The taker is the order processed later, i.e. the higher sequence number.
-        aggressor = "buy" if buy.sequence > sell.sequence else "sell"
+        # The taker is the order processed later, i.e. the higher sequence number; in a call
+        # auction no one rests first and the later arrival (higher id) counts as the taker (an
+        # order partly filled there is sequenced only later, by continuous matching).
+        if t.executed_at == auction_clears.get(t.instrument_id) or None in (buy.sequence, sell.sequence):
+            aggressor = "buy" if buy.pk > sell.pk else "sell"
+        else:
+            aggressor = "buy" if buy.sequence > sell.sequence else "sell"
         if t.aggressor_side != aggressor:
             _fail(f"trade {t.pk}: aggressor {t.aggressor_side} but the later order is the {aggressor}")
         if (t.buyer_fee_bps, t.seller_fee_bps) != trade_fee_bps(aggressor=aggressor):

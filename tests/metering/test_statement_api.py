@@ -97,7 +97,7 @@ def test_balances_per_currency(catalog, buyer, buyer_api, instrument):
     r = buyer_api.get("/api/v1/balances").json()
     assert r == {
         "account": buyer.slug,
-        "balances": [{"currency": "CNY", "available": "99984.90", "escrow": "15.10", "owed": "0.00"}],
+        "balances": [{"currency": "CNY", "available": "99984.90", "escrow": "15.10", "owed": "0.00", "pending_withdrawal": "0.00"}],
     }
 
 

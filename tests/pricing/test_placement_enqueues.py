@@ -20,7 +20,9 @@ from django.core.cache import cache
 
 from marketplace import services
 from marketplace.models import Order
+from pricing import dispatch
 from tests import factories
+from tests.reliability.procs import broker_key
 
 MATCH_TASK = "pricing.tasks.match_instrument"
 
@@ -70,7 +72,7 @@ def _redis_messages() -> list[tuple[bytes, dict]]:
     import redis
 
     client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-    return [(raw, json.loads(raw)) for raw in client.lrange("celery", 0, -1)]
+    return [(raw, json.loads(raw)) for raw in client.lrange(broker_key("celery"), 0, -1)]
 
 
 def _file_messages() -> list[tuple[Path, dict]]:
@@ -103,7 +105,7 @@ def _drop(handles: list) -> None:
 
         client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
         for raw in handles:
-            client.lrem("celery", 1, raw)
+            client.lrem(broker_key("celery"), 1, raw)
     else:
         for path in handles:
             path.unlink(missing_ok=True)
@@ -113,12 +115,15 @@ def _drop(handles: list) -> None:
 # stays in the queue to be read). transaction=True: the placement really commits.
 @pytest.mark.workers
 @pytest.mark.django_db(transaction=True)
-def test_a_committed_placement_leaves_a_match_message_in_the_broker(catalog):
+def test_a_committed_placement_leaves_a_match_message_in_the_broker(catalog, monkeypatch):
     provider = factories.AccountFactory(is_buyer=False, is_provider=True)
     inst = factories.open_instrument(tier="batch", region="eu-central-1")
     # enqueue_match skips queueing while its de-duplication key ("match-queued:<id>", 10 s)
     # exists: one left by an earlier test with the same instrument id must not hide ours.
     cache.delete(f"match-queued:{inst.pk}")
+    # No worker runs here: a heartbeat left by an earlier test's worker (within its TTL) would
+    # route the message to that worker's own queue instead of the shared one read below.
+    monkeypatch.setattr(dispatch, "live_workers", lambda: [])
     before = _queued_matches(inst.pk)
     factories.place(provider, inst, "sell", 1, "1.20")
     after = _queued_matches(inst.pk)

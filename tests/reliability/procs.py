@@ -213,7 +213,7 @@ class WebServer:
         self._tmp.cleanup()
 
 
-def _broker_key(name: str) -> str:
+def broker_key(name: str) -> str:
     """A Celery key as the broker stores it: behind this test worker's prefix (see settings)."""
     return settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("global_keyprefix", "") + name
 
@@ -221,7 +221,7 @@ def _broker_key(name: str) -> str:
 def broker_unacked(url: str | None = None) -> int:
     import redis
 
-    return redis.Redis.from_url(url or settings.REDIS_URL, socket_timeout=5).hlen(_broker_key("unacked"))
+    return redis.Redis.from_url(url or settings.REDIS_URL, socket_timeout=5).hlen(broker_key("unacked"))
 
 
 def broker_idle(url: str | None = None, *, unacked_baseline: int = 0) -> bool:
@@ -230,7 +230,7 @@ def broker_idle(url: str | None = None, *, unacked_baseline: int = 0) -> bool:
     import redis
 
     client = redis.Redis.from_url(url or settings.REDIS_URL, socket_timeout=5)
-    return client.llen(_broker_key("celery")) == 0 and client.hlen(_broker_key("unacked")) <= unacked_baseline
+    return client.llen(broker_key("celery")) == 0 and client.hlen(broker_key("unacked")) <= unacked_baseline
 
 
 def run_manage_python(code: str, *, env: dict[str, str] | None = None, timeout: float = 120) -> str:
