@@ -301,16 +301,27 @@ class Order(models.Model):
     price = models.DecimalField(max_digits=14, decimal_places=4)
     time_in_force = models.CharField(max_length=16, choices=TimeInForce.choices, default=TimeInForce.GTC)
     hardware = models.ForeignKey(Hardware, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
-    # Buy orders: hardware codes the buyer accepts, sorted; empty means any.
+    # Buy orders: hardware codes the buyer accepts, sorted, as entered; empty means any.
     allowed_hardware = models.JSONField(default=list, blank=True)
+    # The same set by Hardware id: what matching uses, so renaming a code never changes routing.
+    allowed_hardware_ids = models.JSONField(default=list, blank=True)
     client_order_id = models.CharField(max_length=64, null=True, blank=True)
     status = models.CharField(max_length=20, choices=OrderStatus.choices, default=OrderStatus.OPEN)
     filled_quantity = models.PositiveBigIntegerField(default=0)
     sequence = models.PositiveBigIntegerField()
     # True until the matcher has processed the order once (then it rests or is done).
     pending_match = models.BooleanField(default=True)
-    # Buys: money reserved per lot still open (limit notional + the highest fee, rounded up).
+    # Buys: one lot's reservation at placement (display only; escrow follows `reserved`).
     reserve_per_lot = models.DecimalField(max_digits=20, decimal_places=2, default=Decimal("0"))
+    # Buys: the whole reservation, quantity x limit + the highest fee, rounded up once
+    # (metering.money.reserve); what stays in escrow is money.order_escrow_open.
+    reserved = models.DecimalField(max_digits=20, decimal_places=2, default=Decimal("0"))
+    # Terms frozen at placement (PRODUCT.md §3): catalog and fee edits apply to new orders only.
+    maker_fee_bps = models.PositiveIntegerField(default=0)
+    taker_fee_bps = models.PositiveIntegerField(default=0)
+    unused_capacity_share = models.DecimalField(max_digits=5, decimal_places=4, default=Decimal("0"))
+    output_token_weight = models.DecimalField(max_digits=8, decimal_places=4, default=Decimal("1"))
+    cached_input_weight = models.DecimalField(max_digits=8, decimal_places=4, default=Decimal("1"))
     below_energy_floor = models.BooleanField(default=False)
     status_reason = models.CharField(max_length=64, blank=True)
     # For replay: a cancellation happened after the matcher had processed this sequence number.
@@ -380,6 +391,10 @@ class Trade(models.Model):
     seller_fee_bps = models.PositiveIntegerField(default=0)
     # Money the buyer's escrow holds for this contract until settlement.
     buyer_escrow = models.DecimalField(max_digits=20, decimal_places=2, default=Decimal("0"))
+    # The tier's terms, frozen from the resting (maker) order: settlement and usage use these.
+    unused_capacity_share = models.DecimalField(max_digits=5, decimal_places=4, default=Decimal("0"))
+    output_token_weight = models.DecimalField(max_digits=8, decimal_places=4, default=Decimal("1"))
+    cached_input_weight = models.DecimalField(max_digits=8, decimal_places=4, default=Decimal("1"))
     executed_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

@@ -39,6 +39,7 @@ from .models import (
     TimeInForce,
     check_transition,
 )
+from .terms import order_terms_current
 
 
 class ServiceError(Exception):
@@ -325,6 +326,9 @@ def order_place(
         )
     if now >= instrument.delivery_end:
         raise ServiceError("instrument_not_open", f"{instrument.symbol}'s delivery period has ended.", status=409)
+    from pricing.auction_gate import auction_gate_check
+
+    auction_gate_check(instrument_id=instrument.pk, now=now, action="orders")
     if side == Side.BUY and not account.is_buyer:
         raise ServiceError("not_a_buyer", "This account is not a buyer; it cannot place buy orders.", status=403)
     if side == Side.SELL and not account.is_provider:
@@ -348,12 +352,12 @@ def order_place(
         unknown = [h for h in allowed if h not in known_hw]
         if unknown:
             raise ServiceError("unknown_hardware", f"Unknown hardware {', '.join(unknown)}. Known: {', '.join(sorted(known_hw))}.", field="allowed_hardware")
+    allowed_ids = sorted(known_hw[h] for h in allowed)
 
     if client_order_id is not None:
         client_order_id = client_order_id.strip() or None
 
     from pricing.floor import order_below_floor
-    from pricing.services import max_fee_bps
 
     below_floor = False
     if side == Side.SELL:
@@ -367,9 +371,11 @@ def order_place(
                 status=422,
             )
 
-    reserve = Decimal("0")
+    terms = order_terms_current(instrument=instrument)
+    reserve = per_lot = Decimal("0")
     if side == Side.BUY:
-        reserve = money.reserve_per_lot(lot_size=instrument.lot_size, price=price, max_fee_bps=max_fee_bps())
+        reserve = money.reserve(quantity=quantity, price=price, max_fee_bps=terms.max_fee_bps)
+        per_lot = money.reserve_per_lot(lot_size=instrument.lot_size, price=price, max_fee_bps=terms.max_fee_bps)
 
     try:
         with transaction.atomic():
@@ -394,16 +400,19 @@ def order_place(
                 time_in_force=time_in_force,
                 hardware_id=hardware_obj_id,
                 allowed_hardware=allowed,
+                allowed_hardware_ids=allowed_ids,
                 client_order_id=client_order_id,
                 sequence=seq,
-                reserve_per_lot=reserve,
+                reserve_per_lot=per_lot,
+                reserved=reserve,
+                **terms.as_fields(),
                 below_energy_floor=below_floor,
                 created_at=now,
                 updated_at=now,
             )
             if side == Side.BUY:
                 ledger = ledger_accounts_ensure(account=account)
-                total = reserve * (quantity // instrument.lot_size)
+                total = reserve
                 try:
                     ledger_post(
                         key=f"reserve:{order.pk}",
@@ -438,19 +447,28 @@ def _order_finish(*, order: Order, status: str, reason: str, now: dt.datetime) -
     order.save(update_fields=["status", "status_reason", "pending_match", "updated_at", "cancelled_after_sequence"])
 
 
+def order_escrow_held(*, order: Order) -> Decimal:
+    """What a live buy order holds in escrow now (money.order_escrow_open of its frozen terms)."""
+    return money.order_escrow_open(
+        reserved=order.reserved, quantity=order.quantity, filled=order.filled_quantity, price=order.price,
+        max_fee_bps=max(order.maker_fee_bps, order.taker_fee_bps),
+    )  # fmt: skip
+
+
 def _release_escrow(*, orders: list[Order], key_prefix: str, instrument: Instrument) -> None:
     """Give back the escrow of finished buy orders' unfilled lots (one transaction each)."""
     from metering.ledger import ledger_account_ids
     from metering.models import LedgerAccount
 
-    buys = [o for o in orders if o.side == Side.BUY and o.remaining > 0 and o.reserve_per_lot > 0]
+    open_escrow = {o.pk: order_escrow_held(order=o) for o in orders if o.side == Side.BUY and o.remaining > 0}
+    buys = [o for o in orders if open_escrow.get(o.pk, 0) > 0]
     if not buys:
         return
     accounts = {o.account_id for o in buys}
     escrow = ledger_account_ids(accounts, LedgerAccount.Kind.ESCROW)
     available = ledger_account_ids(accounts, LedgerAccount.Kind.AVAILABLE)
     for o in buys:
-        amount = (o.remaining // instrument.lot_size) * o.reserve_per_lot
+        amount = open_escrow[o.pk]
         ledger_post(
             key=f"{key_prefix}:{o.pk}",
             kind=LedgerTransaction.Kind.ESCROW_RELEASE,
@@ -465,6 +483,7 @@ def order_cancel(*, account: Account, order_id: int, now: dt.datetime | None = N
     Takes the instrument's matching lock, and first matches whatever was sequenced before the
     cancel arrived, so a cancel is an event in sequence like any order (replay stays exact).
     """
+    from pricing.auction_gate import auction_gate_check
     from pricing.services import book_refresh_top, match_locked
 
     now = now or timezone.now()
@@ -473,6 +492,8 @@ def order_cancel(*, account: Account, order_id: int, now: dt.datetime | None = N
         raise NotFound("order_not_found", f"No order {order_id} in your account.")
     with transaction.atomic():
         book_row = InstrumentBook.objects.select_for_update().get(pk=order.instrument_id)
+        if order.is_live:
+            auction_gate_check(instrument_id=order.instrument_id, now=now, action="cancels")
         while match_locked(book_row=book_row)[0]:
             pass
         order.refresh_from_db()

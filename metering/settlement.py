@@ -4,15 +4,21 @@ Method (per instrument, per buyer-provider pair):
 1. The pair's usage (sum of billable tokens of its accepted events) is allocated to the pair's
    contracts oldest first (by match_sequence): each takes up to its quantity. What is left
    after the newest contract is overage: recorded on that contract's Settlement, not charged.
-2. Each contract pays, rounded half-even to the cent once per contract (metering.money):
-       value       = (delivered + tier.unused_capacity_share x unused) x price / 1M
-       buyer fee   = value x buyer_fee_bps / 10,000      (maker or taker rate, fixed at the trade)
-       seller fee  = value x seller_fee_bps / 10,000
+2. Each contract pays (metering.money), with every term read from the trade, where it was
+   frozen when the contract was made (marketplace.terms), never from today's catalog:
+       exact value = (delivered + trade.unused_capacity_share x unused) x price / 1M
+       value       = exact value rounded half-even to the cent (at most the contract's escrow)
+       buyer fee   = exact value x buyer_fee_bps / 10,000, by the running-total rule
+       seller fee  = exact value x seller_fee_bps / 10,000, by the running-total rule
        provider    = value - seller fee                  -> provider's available
        fees        = buyer fee + seller fee              -> the platform's fees account
        refund      = buyer_escrow - value - buyer fee    -> buyer's available
-   Every part is derived by subtraction from the escrow, so the transaction sums to zero by
-   construction. Provider proceeds land in `available` at once: settlement runs only after
+   Running-total rule (money.fee_running): an account's unrounded fees on an instrument, per role
+   (buyer, seller), are summed in settlement order and rounded once; each contract is charged
+   the increase of that rounded total, at most what its escrow (buyer) or value (seller)
+   leaves, the rest staying due on the account's next contract. So an account pays the same fee
+   however its trades were split into fills, within a cent. Every part is derived by
+   subtraction from the escrow, so the transaction sums to zero by construction. Provider proceeds land in `available` at once: settlement runs only after
    the grace period, when the amounts are final, so there is nothing left to hold back.
 
 Exactly once per contract: Settlement's primary key is the trade and its ledger transaction's
@@ -25,6 +31,7 @@ the chunk in flight, which rolls back completely, and a re-run settles what is l
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +51,9 @@ from .models import LedgerAccount, LedgerTransaction, Settlement, UsageEvent
 from .usage import SETTLEMENT_LOCK_NAMESPACE
 
 DEFAULT_CHUNK_CONTRACTS = 2000
+BUYER, SELLER = "buyer", "seller"
+
+log = logging.getLogger(__name__)
 
 
 def allocate(*, usage: int, quantities: Sequence[int]) -> tuple[list[int], int]:
@@ -67,6 +77,57 @@ class Amounts:
     refund: Decimal
 
 
+class FeeBook:
+    """Running fee totals per (role, account) on one instrument: the running-total rule's state.
+
+    Holds, for each account and role, the unrounded fees accrued and the cents charged so far
+    on the instrument's settled contracts; `load` rebuilds it from the database (a re-run after
+    a crash, or another settler's work), so the rule holds across chunks, runs and workers.
+    """
+
+    def __init__(self) -> None:
+        self.exact: dict[tuple[str, int], Decimal] = defaultdict(Decimal)
+        self.charged: dict[tuple[str, int], Decimal] = defaultdict(Decimal)
+        self.settled = 0
+
+    def copy(self) -> FeeBook:
+        other = FeeBook()
+        other.exact, other.charged = defaultdict(Decimal, self.exact), defaultdict(Decimal, self.charged)
+        other.settled = self.settled
+        return other
+
+    def adopt(self, other: FeeBook) -> None:
+        self.exact, self.charged, self.settled = other.exact, other.charged, other.settled
+
+    def charge(self, *, role: str, account_id: int, exact: Decimal, cap: Decimal) -> Decimal:
+        key = (role, account_id)
+        cents = money.fee_running(exact_before=self.exact[key], charged_before=self.charged[key], exact=exact, cap=cap)
+        self.exact[key] += exact
+        self.charged[key] += cents
+        return cents
+
+    @classmethod
+    def load(cls, *, instrument_id: int) -> FeeBook:
+        book = cls()
+        rows = Settlement.objects.filter(trade__instrument_id=instrument_id).order_by("trade__match_sequence")
+        for t_buyer, t_seller, q, d, price, share, b_bps, s_bps, b_fee, s_fee in rows.values_list(
+            "trade__buyer_id", "trade__seller_id", "trade__quantity", "delivered_tokens", "trade__price",
+            "trade__unused_capacity_share", "trade__buyer_fee_bps", "trade__seller_fee_bps", "buyer_fee", "seller_fee",
+        ):  # fmt: skip
+            exact = contract_value_exact(quantity=q, delivered=d, price=price, unused_share=share)
+            book.exact[(BUYER, t_buyer)] += money.fee_exact(exact, b_bps)
+            book.exact[(SELLER, t_seller)] += money.fee_exact(exact, s_bps)
+            book.charged[(BUYER, t_buyer)] += b_fee
+            book.charged[(SELLER, t_seller)] += s_fee
+            book.settled += 1
+        return book
+
+
+def contract_value_exact(*, quantity: int, delivered: int, price: Decimal, unused_share: Decimal) -> Decimal:
+    """A contract's value before rounding: delivered tokens plus the frozen share of the unused."""
+    return money.notional(Decimal(delivered) + unused_share * (quantity - delivered), price)
+
+
 def settlement_amounts(
     *,
     quantity: int,
@@ -76,15 +137,26 @@ def settlement_amounts(
     buyer_fee_bps: int,
     seller_fee_bps: int,
     buyer_escrow: Decimal,
+    fees: FeeBook | None = None,
+    buyer_id: int = 0,
+    seller_id: int = 0,
 ) -> Amounts:
-    """The money of one contract (see the module docstring); pure, rounded once."""
+    """The money of one contract (see the module docstring); pure but for `fees`, which it advances.
+
+    Without `fees` the contract is its own running total (its fees rounded on their own). The
+    buyer is never charged more than `buyer_escrow` (so refund >= 0); a cap that binds (only for an
+    order reserved under an older rule) is logged and leaves the remainder uncharged.
+    """
+    fees = fees if fees is not None else FeeBook()
     unused = quantity - delivered
-    value = money.round_charge(money.notional(Decimal(delivered) + unused_share * unused, price))
-    buyer_fee = money.fee(value, buyer_fee_bps)
-    seller_fee = money.fee(value, seller_fee_bps)
+    exact = contract_value_exact(quantity=quantity, delivered=delivered, price=price, unused_share=unused_share)
+    value = money.round_charge(exact)
+    if value > buyer_escrow:
+        log.warning("escrow shortfall at settlement: value %s capped at escrow %s", value, buyer_escrow)
+        value = buyer_escrow
+    buyer_fee = fees.charge(role=BUYER, account_id=buyer_id, exact=money.fee_exact(exact, buyer_fee_bps), cap=buyer_escrow - value)
+    seller_fee = fees.charge(role=SELLER, account_id=seller_id, exact=money.fee_exact(exact, seller_fee_bps), cap=value)
     refund = buyer_escrow - value - buyer_fee
-    if refund < 0:  # escrow is value at full quantity plus the fee, rounded up: cannot happen
-        raise AssertionError(f"escrow {buyer_escrow} does not cover {value} + {buyer_fee}")
     return Amounts(delivered, unused, value, buyer_fee, seller_fee, value - seller_fee, refund)
 
 
@@ -197,6 +269,7 @@ def instrument_settle(
     if inst.status in (Instrument.Status.OPEN, Instrument.Status.HALTED):
         instrument_close(instrument_id=inst.pk, now=now)
     report = SettleReport(instruments=1)
+    fees = FeeBook.load(instrument_id=inst.pk)
     pairs = list(
         Trade.objects.filter(instrument=inst, settlement__isnull=True)
         .values_list("buyer_id", "seller_id")
@@ -209,12 +282,12 @@ def instrument_settle(
         chunk.append((buyer_id, seller_id))
         size += n
         if size >= chunk_contracts:
-            report.add(_settle_chunk(instrument=inst, first=chunk[0], last=chunk[-1], now=now))
+            report.add(_settle_chunk(instrument=inst, first=chunk[0], last=chunk[-1], now=now, fees=fees))
             if progress:
                 progress(inst.symbol, report)
             chunk, size = [], 0
     if chunk:
-        report.add(_settle_chunk(instrument=inst, first=chunk[0], last=chunk[-1], now=now))
+        report.add(_settle_chunk(instrument=inst, first=chunk[0], last=chunk[-1], now=now, fees=fees))
         if progress:
             progress(inst.symbol, report)
     if not Trade.objects.filter(instrument=inst, settlement__isnull=True).exists():
@@ -236,11 +309,20 @@ def _lock_instrument(instrument_id: int) -> None:
             cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", [SETTLEMENT_LOCK_NAMESPACE, instrument_id])
 
 
-def _settle_chunk(*, instrument: Instrument, first: tuple[int, int], last: tuple[int, int], now: dt.datetime) -> SettleReport:
-    """Settle the unsettled contracts of the pairs in [first, last], in one transaction."""
+def _settle_chunk(
+    *, instrument: Instrument, first: tuple[int, int], last: tuple[int, int], now: dt.datetime, fees: FeeBook
+) -> SettleReport:
+    """Settle the unsettled contracts of the pairs in [first, last], in one transaction.
+
+    `fees` is advanced only if the chunk commits (a copy is worked on), and reloaded under the
+    lock if another settler has settled contracts of this instrument meanwhile.
+    """
     report = SettleReport()
     with transaction.atomic():
         _lock_instrument(instrument.pk)
+        if Settlement.objects.filter(trade__instrument_id=instrument.pk).count() != fees.settled:
+            fees.adopt(FeeBook.load(instrument_id=instrument.pk))
+        work = fees.copy()
         trades = list(
             Trade.objects.select_for_update()
             .filter(_pair_range(first, last, "buyer_id", "seller_id"), instrument=instrument)
@@ -262,7 +344,6 @@ def _settle_chunk(*, instrument: Instrument, first: tuple[int, int], last: tuple
         escrow_ids = ledger_account_ids(accounts, LedgerAccount.Kind.ESCROW)
         available_ids = ledger_account_ids(accounts, LedgerAccount.Kind.AVAILABLE)
         fees_id = system_account(LedgerAccount.Kind.FEES).pk
-        share = instrument.tier.unused_capacity_share
 
         postings: list[Posting] = []
         rows: list[Settlement] = []
@@ -279,10 +360,13 @@ def _settle_chunk(*, instrument: Instrument, first: tuple[int, int], last: tuple
                     quantity=t.quantity,
                     delivered=d,
                     price=t.price,
-                    unused_share=share,
+                    unused_share=t.unused_capacity_share,
                     buyer_fee_bps=t.buyer_fee_bps,
                     seller_fee_bps=t.seller_fee_bps,
                     buyer_escrow=t.buyer_escrow,
+                    fees=work,
+                    buyer_id=t.buyer_id,
+                    seller_id=t.seller_id,
                 )
                 postings.append(
                     Posting(
@@ -323,6 +407,8 @@ def _settle_chunk(*, instrument: Instrument, first: tuple[int, int], last: tuple
         for row, txn in zip(rows, txns, strict=True):
             row.transaction = txn
         _insert_settlements(rows)
+        work.settled += len(rows)
+    fees.adopt(work)
     return report
 
 

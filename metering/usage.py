@@ -7,9 +7,13 @@ An event is OpenAI-shaped usage of one request, reported by the provider that se
      "usage": {"prompt_tokens": 1200, "completion_tokens": 300,
                "prompt_tokens_details": {"cached_tokens": 200}}}
 
-(`"contract": <trade id>` may replace `instrument`.) Billable tokens use the tier's weights:
+(`"contract": <trade id>` may replace `instrument`.) Billable tokens use the token weights
+frozen on the contract when it was traded (marketplace.terms), never today's tier:
 
     billable = (prompt - cached) + cached x cached_input_weight + completion x output_token_weight
+
+An event naming a contract uses that contract's weights; an event naming an instrument uses the
+weights of the pair's oldest contract there, the one settlement allocates usage to first.
 
 rounded half-even to a whole token per event (tokens are integers everywhere; the error is at
 most half a token per event and never compounds into money, which is computed per contract).
@@ -33,15 +37,15 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Min
+from django.db.models import Min, Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from marketplace.models import Account, Instrument, Tier, Trade
+from marketplace.models import Account, Instrument, Trade
 from marketplace.services import ServiceError
 
 from .models import Settlement, UsageEvent
@@ -116,11 +120,19 @@ class _Parsed:
     # Resolved later:
     buyer_id: int | None = None
     instrument_obj: Instrument | None = None
+    contract_terms: Weights | None = None
 
 
-def billable_tokens(*, prompt: int, cached: int, completion: int, tier: Tier) -> int:
-    """Billable tokens of one event: non-cached input + weighted cached input + weighted output."""
-    exact = Decimal(prompt - cached) + cached * tier.cached_input_weight + completion * tier.output_token_weight
+class Weights(Protocol):
+    cached_input_weight: Decimal
+    output_token_weight: Decimal
+
+
+def billable_tokens(*, prompt: int, cached: int, completion: int, weights: Weights) -> int:
+    """Billable tokens of one event: non-cached input + weighted cached input + weighted output.
+
+    `weights` is the contract's frozen terms (a Trade, or a Tier for a new order's preview)."""
+    exact = Decimal(prompt - cached) + cached * weights.cached_input_weight + completion * weights.output_token_weight
     return int(exact.to_integral_value(rounding=ROUND_HALF_EVEN))
 
 
@@ -273,6 +285,7 @@ def usage_ingest(*, provider: Account, events: Any, now: dt.datetime | None = No
         instrument_ids = sorted({p.instrument_obj.pk for p in parsed if p.instrument_obj is not None})
         _lock_instruments_shared(instrument_ids)
         first_trade = _first_trades(provider=provider, parsed=parsed)
+        pair_terms = _oldest_contract_terms(provider=provider, parsed=parsed)
         settled = _settled_pairs(provider=provider, parsed=parsed)
         rows: list[_Parsed] = []
         for p in parsed:
@@ -303,7 +316,8 @@ def usage_ingest(*, provider: Account, events: Any, now: dt.datetime | None = No
                     "from your first trade with this buyer (or the period start) to the period end.",
                 )
             else:
-                r.billable_tokens = billable_tokens(prompt=p.prompt, cached=p.cached, completion=p.completion, tier=inst.tier)
+                weights = p.contract_terms or pair_terms[pair]
+                r.billable_tokens = billable_tokens(prompt=p.prompt, cached=p.cached, completion=p.completion, weights=weights)
                 rows.append(p)
         inserted = _insert(provider=provider, rows=rows, now=now)
         # Everything well-formed not inserted now may already exist: classify in one query.
@@ -349,8 +363,10 @@ def _resolve(*, provider: Account, parsed: list[_Parsed]) -> None:
     contract_ids = {p.contract for p in parsed if p.contract is not None}
     contracts = (
         {
-            row["id"]: row
-            for row in Trade.objects.filter(pk__in=contract_ids, seller=provider).values("id", "buyer_id", "instrument_id")
+            row.pk: row
+            for row in Trade.objects.filter(pk__in=contract_ids, seller=provider).only(
+                "id", "buyer_id", "instrument_id", "cached_input_weight", "output_token_weight"
+            )
         }
         if contract_ids
         else {}
@@ -365,7 +381,7 @@ def _resolve(*, provider: Account, parsed: list[_Parsed]) -> None:
             region__code__in={r for _, r, _ in parts},
         )
     if contracts:
-        qs = qs | Instrument.objects.filter(pk__in={c["instrument_id"] for c in contracts.values()})
+        qs = qs | Instrument.objects.filter(pk__in={c.instrument_id for c in contracts.values()})
     instruments = list(qs.select_related("tier", "region")) if (parts or contracts) else []
     by_symbol = {i.symbol: i for i in instruments}
     by_id = {i.pk: i for i in instruments}
@@ -377,10 +393,11 @@ def _resolve(*, provider: Account, parsed: list[_Parsed]) -> None:
             continue
         if p.contract is not None:
             c = contracts.get(p.contract)
-            if c is None or c["buyer_id"] != p.buyer_id:
+            if c is None or c.buyer_id != p.buyer_id:
                 r.reject("no_contract", f"Contract {p.contract} is not yours with {p.buyer}.")
                 continue
-            p.instrument_obj = by_id[c["instrument_id"]]
+            p.instrument_obj = by_id[c.instrument_id]
+            p.contract_terms = c
         else:
             p.instrument_obj = by_symbol.get(p.instrument)
             if p.instrument_obj is None:
@@ -415,6 +432,24 @@ def _first_trades(*, provider: Account, parsed: list[_Parsed]) -> dict[tuple[int
         .annotate(first=Min("executed_at"))
     )
     return {(r["instrument_id"], r["buyer_id"]): r["first"] for r in rows}
+
+
+def _oldest_contract_terms(*, provider: Account, parsed: list[_Parsed]) -> dict[tuple[int, int], Trade]:
+    """Per (instrument, buyer) of the batch, the pair's oldest contract (its frozen weights)."""
+    live = _live(parsed)
+    if not live:
+        return {}
+    pairs = Trade.objects.filter(
+        seller=provider,
+        buyer_id__in={p.buyer_id for p in live},
+        instrument_id__in={p.instrument_obj.pk for p in live},
+    )
+    firsts = pairs.values("instrument_id", "buyer_id").annotate(seq=Min("match_sequence"))
+    wanted = Q(pk__in=[])
+    for r in firsts:
+        wanted |= Q(instrument_id=r["instrument_id"], match_sequence=r["seq"])
+    oldest = Trade.objects.filter(wanted).only("instrument_id", "buyer_id", "cached_input_weight", "output_token_weight")
+    return {(t.instrument_id, t.buyer_id): t for t in oldest}
 
 
 def _settled_pairs(*, provider: Account, parsed: list[_Parsed]) -> set[tuple[int, int]]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from marketplace.models import Hardware, InstrumentBook, Order, Trade
+from marketplace.terms import allowed_hardware_codes
 
 from . import engine
 
@@ -62,7 +63,7 @@ def instrument_replay(*, instrument_id: int) -> list[TradeTuple]:
             "quantity",
             "time_in_force",
             "hardware_id",
-            "allowed_hardware",
+            "allowed_hardware_ids",
             "cancelled_after_sequence",
         )
     )
@@ -93,7 +94,7 @@ def instrument_replay(*, instrument_id: int) -> list[TradeTuple]:
                 remaining=r["quantity"],
                 tif=r["time_in_force"],
                 hardware=hw[r["hardware_id"]] if r["hardware_id"] else None,
-                allowed=frozenset(r["allowed_hardware"] or ()),
+                allowed=allowed_hardware_codes(r["allowed_hardware_ids"] or (), hw),
             )
         )
         trades.extend((f.buy_id, f.sell_id, f.price, f.quantity, f.hardware) for f in result.fills)

@@ -416,9 +416,10 @@ def resting_quantity(*, instrument: Instrument, side: str, low: Decimal, high: D
     qs = Order.objects.filter(
         instrument=instrument, side=side, pending_match=False, status__in=LIVE_STATUSES, price__gte=low, price__lte=high
     )
+    hardware_id = Hardware.objects.filter(code=hardware).values_list("id", flat=True).first() if hardware else None
     total = 0
-    for allowed, qty, filled in qs.values_list("allowed_hardware", "quantity", "filled_quantity"):
-        if side == "buy" and hardware and allowed and hardware not in allowed:
+    for allowed, qty, filled in qs.values_list("allowed_hardware_ids", "quantity", "filled_quantity"):
+        if side == "buy" and hardware and allowed and hardware_id not in allowed:
             continue
         total += qty - filled
     return total

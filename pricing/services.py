@@ -35,7 +35,13 @@ from marketplace.models import (
     Trade,
     check_transition,
 )
-from metering import money
+from marketplace.terms import (
+    allowed_hardware_codes,
+    buy_escrow_open,
+    buy_fill_escrow,
+    trade_fee_bps,
+    trade_tier_terms,
+)
 from metering.ledger import ledger_account_ids, ledger_post
 from metering.models import LedgerAccount, LedgerTransaction
 
@@ -92,7 +98,7 @@ def _book_order(row: dict, hw: dict[int, str]) -> engine.BookOrder:
         remaining=row["quantity"] - row["filled_quantity"],
         tif=row["time_in_force"],
         hardware=hw[row["hardware_id"]] if row["hardware_id"] else None,
-        allowed=frozenset(row["allowed_hardware"] or ()),
+        allowed=allowed_hardware_codes(row["allowed_hardware_ids"] or (), hw),
     )
 
 
@@ -106,25 +112,30 @@ _ORDER_FIELDS = (
     "filled_quantity",
     "time_in_force",
     "hardware_id",
-    "allowed_hardware",
+    "allowed_hardware_ids",
     "status",
-    "reserve_per_lot",
+    "reserved",
+    "maker_fee_bps",
+    "taker_fee_bps",
+    "unused_capacity_share",
+    "output_token_weight",
+    "cached_input_weight",
 )
 
 
 def _order_rows(qs: QuerySet[Order]) -> list[dict]:
     """Rows of _ORDER_FIELDS for the matcher. On PostgreSQL they are read with a plain cursor
-    and allowed_hardware is decoded once per distinct value (nearly all are []): the ORM's
+    and allowed_hardware_ids is decoded once per distinct value (nearly all are []): the ORM's
     per-row JSON decoding and converters were most of the cost of loading a deep book."""
     if connection.vendor != "postgresql":
         return list(qs.values(*_ORDER_FIELDS))
-    fields = [f for f in _ORDER_FIELDS if f != "allowed_hardware"]
+    fields = [f for f in _ORDER_FIELDS if f != "allowed_hardware_ids"]
     sql, params = (
-        qs.annotate(allowed_text=Cast("allowed_hardware", TextField()))
+        qs.annotate(allowed_text=Cast("allowed_hardware_ids", TextField()))
         .values_list(*fields, "allowed_text")
         .query.sql_with_params()
     )
-    decoded: dict[str | None, list[str]] = {}
+    decoded: dict[str | None, list[int]] = {}
     rows = []
     with connection.cursor() as cur:
         cur.execute(sql, params)
@@ -132,7 +143,7 @@ def _order_rows(qs: QuerySet[Order]) -> list[dict]:
             row = dict(zip(fields, values, strict=True))
             if allowed not in decoded:
                 decoded[allowed] = json.loads(allowed) if allowed else []
-            row["allowed_hardware"] = decoded[allowed]
+            row["allowed_hardware_ids"] = decoded[allowed]
             rows.append(row)
     return rows
 
@@ -195,7 +206,6 @@ def _write_batch(
     now: dt.datetime,
 ) -> int:
     hw_ids = {code: pk for pk, code in hw.items()}
-    lot = instrument.lot_size
     trades: list[tuple] = []  # _MATCH_TRADE_COLUMNS
     filled_by: dict[int, int] = defaultdict(int)
     final: dict[int, tuple[str, str]] = {}  # order id -> (status, reason) for takers
@@ -206,12 +216,13 @@ def _write_batch(
         taker = res.order
         for f in res.fills:
             match_seq += 1
-            buyer_is_maker = f.aggressor == engine.SELL
-            buyer_bps = fee_bps(maker=buyer_is_maker)
-            seller_bps = fee_bps(maker=not buyer_is_maker)
-            escrow = money.contract_escrow(quantity=f.quantity, price=f.price, fee_bps=buyer_bps)
             buy_row = rows_by_id[f.buy_id]
-            release[f.buyer_account_id] += (f.quantity // lot) * buy_row["reserve_per_lot"] - escrow
+            buyer_bps, seller_bps = trade_fee_bps(buy_row=buy_row, sell_row=rows_by_id[f.sell_id], aggressor=f.aggressor)
+            split = buy_fill_escrow(
+                buy_row, filled_before=buy_row["filled_quantity"] + filled_by[f.buy_id], quantity=f.quantity,
+                price=f.price, buyer_fee_bps=buyer_bps,
+            )  # fmt: skip
+            release[f.buyer_account_id] += split.release
             filled_by[f.maker_id] += f.quantity
             filled_by[f.taker_id] += f.quantity
             trades.append(
@@ -227,7 +238,8 @@ def _write_batch(
                     match_seq,
                     buyer_bps,
                     seller_bps,
-                    escrow,
+                    split.contract,
+                    *trade_tier_terms(maker_row=rows_by_id[f.maker_id]),
                 )
             )
         if res.outcome in (engine.CANCELLED, engine.REJECTED):
@@ -236,7 +248,10 @@ def _write_batch(
                 res.reason,
             )
             if taker.side == engine.BUY and taker.remaining:
-                release[taker.account_id] += (taker.remaining // lot) * rows_by_id[taker.id]["reserve_per_lot"]
+                taker_row = rows_by_id[taker.id]
+                release[taker.account_id] += buy_escrow_open(
+                    taker_row, filled=taker_row["filled_quantity"] + filled_by[taker.id]
+                )
 
     # Every pending order leaves pending; filled orders change quantity and status.
     updates: list[tuple[int, int, str, str]] = []
@@ -287,9 +302,12 @@ _MATCH_TRADE_COLUMNS = (
     "buyer_fee_bps",
     "seller_fee_bps",
     "buyer_escrow",
+    "unused_capacity_share",
+    "output_token_weight",
+    "cached_input_weight",
 )
 _MATCH_TRADE_PG_TYPES = ("bigint", "bigint", "bigint", "bigint", "bigint", "bigint", "numeric", "text", "bigint",
-                   "integer", "integer", "numeric")  # fmt: skip
+                   "integer", "integer", "numeric", "numeric", "numeric", "numeric")  # fmt: skip
 
 
 def _pg_array(values: list) -> str:
@@ -298,7 +316,8 @@ def _pg_array(values: list) -> str:
     out = []
     for v in values:
         if isinstance(v, str):
-            assert '"' not in v and "\\" not in v, v
+            if '"' in v or "\\" in v:
+                raise ValueError(f"{v!r} needs escaping in an array literal")
             out.append(f'"{v}"')
         else:
             out.append(str(v))
@@ -331,14 +350,15 @@ def _bulk_insert_trades(*, instrument_id: int, trades: list[tuple], now: dt.date
 
 
 def _post_release(*, instrument_id: int, batch_key: int, release: dict[int, Decimal]) -> None:
-    release = {a: amt for a, amt in release.items() if amt}
+    # Every amount is >= 0 by construction (metering.money.fill_escrow never takes more than an
+    # order holds); zero moves nothing.
+    release = {a: amt for a, amt in release.items() if amt > 0}
     if not release:
         return
     escrow_ids = ledger_account_ids(release, LedgerAccount.Kind.ESCROW)
     available_ids = ledger_account_ids(release, LedgerAccount.Kind.AVAILABLE)
     legs = []
     for account_id, amount in release.items():
-        assert amount > 0, "a fill never needs more escrow than its order reserved"
         legs.append((escrow_ids[account_id], -amount))
         legs.append((available_ids[account_id], amount))
     ledger_post(
@@ -438,7 +458,7 @@ def _auction_orders(instrument_id: int, hw: dict[int, str]) -> tuple[list[dict],
             price=r["price"],
             quantity=r["quantity"] - r["filled_quantity"],
             hardware=hw[r["hardware_id"]] if r["hardware_id"] else None,
-            allowed=frozenset(r["allowed_hardware"] or ()),
+            allowed=allowed_hardware_codes(r["allowed_hardware_ids"] or (), hw),
         )
         for r in participants
     ]
@@ -482,8 +502,8 @@ def auction_clear(*, instrument_id: int, now: dt.datetime | None = None) -> Call
         ref = auction_reference_price(instrument=instrument, book_row=book_row)
         result = clear(orders, reference_price=ref, tick=instrument.tick_size)
 
-        lot = instrument.lot_size
         release: dict[int, Decimal] = defaultdict(Decimal)
+        buy_filled: dict[int, int] = defaultdict(int)
         trades: list[tuple] = []  # rows of _MATCH_TRADE_COLUMNS
         match_seq = book_row.last_trade_sequence
         for f in result.fills:
@@ -491,14 +511,19 @@ def auction_clear(*, instrument_id: int, now: dt.datetime | None = None) -> Call
             # No one rests first in a call auction; the later order counts as the taker so
             # that fees follow the continuous market's rule deterministically.
             aggressor = engine.BUY if buy_row["sequence"] > sell_row["sequence"] else engine.SELL
-            buyer_bps = fee_bps(maker=aggressor == engine.SELL)
-            seller_bps = fee_bps(maker=aggressor == engine.BUY)
-            escrow = money.contract_escrow(quantity=f.quantity, price=result.price, fee_bps=buyer_bps)
-            release[f.buyer_account_id] += (f.quantity // lot) * buy_row["reserve_per_lot"] - escrow
+            buyer_bps, seller_bps = trade_fee_bps(buy_row=buy_row, sell_row=sell_row, aggressor=aggressor)
+            split = buy_fill_escrow(
+                buy_row, filled_before=buy_row["filled_quantity"] + buy_filled[f.buy_id], quantity=f.quantity,
+                price=result.price, buyer_fee_bps=buyer_bps,
+            )  # fmt: skip
+            buy_filled[f.buy_id] += f.quantity
+            release[f.buyer_account_id] += split.release
             match_seq += 1
+            maker_row = sell_row if aggressor == engine.BUY else buy_row
             trades.append(
                 (f.buy_id, f.sell_id, f.buyer_account_id, f.seller_account_id, hw_ids[f.hardware], f.quantity,
-                 result.price, aggressor, match_seq, buyer_bps, seller_bps, escrow)
+                 result.price, aggressor, match_seq, buyer_bps, seller_bps, split.contract,
+                 *trade_tier_terms(maker_row=maker_row))
             )  # fmt: skip
 
         updates: list[tuple[int, int, str, str, bool]] = []
@@ -513,7 +538,7 @@ def auction_clear(*, instrument_id: int, now: dt.datetime | None = None) -> Call
             elif row["pending_match"] and row["time_in_force"] == engine.IOC:
                 status, pending, reason = OrderStatus.CANCELLED, False, engine.REASON_IOC
                 if row["side"] == engine.BUY:
-                    release[row["account_id"]] += ((row["quantity"] - filled) // lot) * row["reserve_per_lot"]
+                    release[row["account_id"]] += buy_escrow_open(row, filled=filled)
             elif traded:
                 status = OrderStatus.PARTIALLY_FILLED
             else:

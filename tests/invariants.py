@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 
 from django.db.models import F, Q, Sum
 
@@ -31,14 +31,14 @@ def assert_invariants() -> None:
     # Trades respect both limits, the hardware rule and no self-trade.
     for t in Trade.objects.select_related("buy_order", "sell_order", "hardware"):
         assert t.price <= t.buy_order.price and t.price >= t.sell_order.price, f"trade {t.pk} outside limits"
-        allowed = t.buy_order.allowed_hardware
-        assert not allowed or t.hardware.code in allowed, f"trade {t.pk} breaks the hardware rule"
+        allowed = t.buy_order.allowed_hardware_ids
+        assert not allowed or t.hardware_id in allowed, f"trade {t.pk} breaks the hardware rule"
         assert t.hardware_id == t.sell_order.hardware_id
         assert t.buyer_id != t.seller_id
-    # Escrow equals open commitments: live buy orders' unfilled lots plus unsettled contracts.
+    # Escrow equals open commitments: what live buy orders still hold plus unsettled contracts.
     expected: dict[int, Decimal] = {}
-    for o in Order.objects.filter(side="buy", status__in=LIVE_STATUSES).select_related("instrument"):
-        expected[o.account_id] = expected.get(o.account_id, Decimal("0")) + (o.remaining // o.instrument.lot_size) * o.reserve_per_lot
+    for o in Order.objects.filter(side="buy", status__in=LIVE_STATUSES):
+        expected[o.account_id] = expected.get(o.account_id, Decimal("0")) + order_open_escrow(o)
     for t in Trade.objects.filter(Q(settlement__isnull=True)):
         expected[t.buyer_id] = expected.get(t.buyer_id, Decimal("0")) + t.buyer_escrow
     for la in LedgerAccount.objects.filter(kind="escrow"):
@@ -46,6 +46,20 @@ def assert_invariants() -> None:
             f"escrow of {la.owner_id} is {la.balance}, open commitments {expected.get(la.owner_id, 0)}"
         )
     _assert_usage_invariants()
+
+
+def order_open_escrow(o: Order) -> Decimal:
+    """The escrow a live buy order holds (README "Escrow"): its reservation, quantity x limit +
+    the highest of its frozen fees rounded up once, less the same rule applied to what has filled."""
+    fee = Decimal(max(o.maker_fee_bps, o.taker_fee_bps))
+
+    def reserve(tokens: int) -> Decimal:
+        return (Decimal(tokens) * o.price / 1_000_000 * (10_000 + fee) / 10_000).quantize(
+            Decimal("0.01"), rounding=ROUND_CEILING
+        )
+
+    assert o.reserved == reserve(o.quantity), f"order {o.pk} reserved {o.reserved}, the rule says {reserve(o.quantity)}"
+    return max(o.reserved - reserve(o.filled_quantity), Decimal("0"))
 
 
 def _assert_usage_invariants() -> None:

@@ -246,10 +246,10 @@ def quote_get(
 
 def order_reserve(*, instrument: Instrument, price: Decimal, quantity: int) -> Decimal:
     """What a buy order would move into escrow: the same formula order_place uses."""
-    from pricing.services import max_fee_bps
+    from marketplace.terms import order_terms_current
 
-    per_lot = money.reserve_per_lot(lot_size=instrument.lot_size, price=price, max_fee_bps=max_fee_bps())
-    return per_lot * (quantity // instrument.lot_size)
+    terms = order_terms_current(instrument=instrument)
+    return money.reserve(quantity=quantity, price=price, max_fee_bps=terms.max_fee_bps)
 
 
 def floors_for_instrument(*, instrument: Instrument) -> list[tuple[Hardware, Decimal | None]]:

@@ -212,11 +212,14 @@ def order_place(request: HttpRequest, symbol: str) -> HttpResponse:
     inst = _instrument_or_404(symbol)
     form = OrderForm(request.POST, instrument=inst)
     placed = None
+    status = 400
     if form.is_valid():
         try:
             placed = services.order_place(account=request.account, instrument=inst, **form.service_kwargs())
         except ServiceError as exc:
             add_service_error(form, exc, OrderForm.field_map)
+            if exc.status == 409:  # a state refusal (closed book, auction gate), not bad input
+                status = 409
             if exc.code == "insufficient_funds":
                 form.add_error(None, "Ask the exchange's staff for a deposit to fund your account.")
     if placed is not None:
@@ -241,7 +244,7 @@ def order_place(request: HttpRequest, symbol: str) -> HttpResponse:
         # htmx swaps 2xx only; the form with its errors is the answer, so 200 here.
         return _page(request, "web/partials/order_entry.html", context)
     context.update(_live_context(request, inst))
-    return _page(request, "web/instrument.html", context, status=400)
+    return _page(request, "web/instrument.html", context, status=status)
 
 
 # --- my orders ----------------------------------------------------------------------------

@@ -265,7 +265,7 @@ def test_orders_collect_during_the_auction_and_clear_at_one_price(instrument, bu
     ]
     # Escrow: b1 reserved 10 lots at its 2.20 limit; it now holds only its contracts at 2.10.
     held = sum(t.buyer_escrow for t in trades if t.buyer_id == buyer.pk)
-    b3_reserve = 10 * b3.reserve_per_lot
+    b3_reserve = b3.reserved
     assert balances_get(account=buyer)["escrow"] == held + b3_reserve
     assert_invariants()
 
