@@ -140,7 +140,8 @@ class OrderBook:
         if order.side == BUY:
             q = self.bids.setdefault(order.allowed, _Queue())
         else:
-            assert order.hardware is not None, "a sell order names its hardware"
+            if order.hardware is None:
+                raise ValueError(f"sell order {order.id} names no hardware")
             q = self.asks.setdefault(order.hardware, _Queue())
         q.add(_store_key(order), order)
         self.by_id[order.id] = order
@@ -256,7 +257,8 @@ class OrderBook:
         queues = self.bids[order.allowed] if order.side == BUY else self.asks[order.hardware]  # type: ignore[index]
         key = _store_key(order)
         i = bisect.bisect_left(queues.keys, key)
-        assert queues.orders[i] is order
+        if queues.orders[i] is not order:
+            raise RuntimeError(f"order {order_id} is not where its priority key says")
         del queues.keys[i]
         del queues.orders[i]
         return order

@@ -4,10 +4,10 @@ Runs on SQLite by default and on PostgreSQL with DATABASE_URL (the bulk order up
 PostgreSQL-only path). Each scenario checks rows and balances, then every invariant.
 
 Money in the worked examples (lot = 1M tokens, maker fee 5 bps, taker fee 10 bps):
-- a buy reserves per lot: limit value + the highest fee, each rounded up to the cent:
-  at 1.50 that is 1.50 + 0.01 = 1.51;
-- a contract keeps in escrow: value + the buyer's fee, rounded up: 5 lots at 1.20 bought by the
-  taker = 6.00 + ceil(0.006) = 6.01.
+- a buy reserves quantity x limit + the highest fee, rounded up once to the cent:
+  8 lots at 1.50 = 12.00 + 0.012 = 12.02;
+- a contract keeps in escrow: value + the buyer's fee, rounded up (at most what the fill takes
+  from its order): 5 lots at 1.20 bought by the taker = 6.00 + ceil(0.006) = 6.01.
 """
 
 from __future__ import annotations
