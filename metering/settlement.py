@@ -34,7 +34,7 @@ import datetime as dt
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 from django.conf import settings
@@ -105,6 +105,40 @@ class FeeBook:
         self.exact[key] += exact
         self.charged[key] += cents
         return cents
+
+    def collect_residue(self, items: list[tuple[Trade, Amounts, int]]) -> list[tuple[Trade, Amounts, int]]:
+        """Charge what caps held back in this chunk on the account's contracts that still have room.
+
+        The running-total rule charges a contract only what its escrow (buyer) or value (seller)
+        leaves; a fee that fell due on a contract without room was held back. Here each account's
+        remaining due (its rounded running total less what it was charged) is added, oldest first,
+        to its contracts of the chunk that have room, so the account pays round(total) whenever
+        its contracts together can hold it. What none can hold is not charged.
+        """
+        out = list(items)
+        for role in (BUYER, SELLER):
+            by_account: dict[int, list[int]] = defaultdict(list)
+            for i, (t, _, _) in enumerate(out):
+                by_account[t.buyer_id if role == BUYER else t.seller_id].append(i)
+            for account_id, indexes in by_account.items():
+                key = (role, account_id)
+                due = money.round_charge(self.exact[key]) - self.charged[key]
+                for i in indexes:
+                    if due <= 0:
+                        break
+                    t, a, overage = out[i]
+                    room = a.refund if role == BUYER else a.provider_payout
+                    add = min(due, room)
+                    if add <= 0:
+                        continue
+                    if role == BUYER:
+                        a = replace(a, buyer_fee=a.buyer_fee + add, refund=a.refund - add)
+                    else:
+                        a = replace(a, seller_fee=a.seller_fee + add, provider_payout=a.provider_payout - add)
+                    out[i] = (t, a, overage)
+                    self.charged[key] += add
+                    due -= add
+        return out
 
     @classmethod
     def load(cls, *, instrument_id: int) -> FeeBook:
@@ -345,8 +379,7 @@ def _settle_chunk(
         available_ids = ledger_account_ids(accounts, LedgerAccount.Kind.AVAILABLE)
         fees_id = system_account(LedgerAccount.Kind.FEES).pk
 
-        postings: list[Posting] = []
-        rows: list[Settlement] = []
+        items: list[tuple[Trade, Amounts, int]] = []  # (contract, its money, overage recorded on it)
         for pair, contracts in by_pair.items():
             delivered, overage = allocate(usage=usage.get(pair, 0) or 0, quantities=[t.quantity for t in contracts])
             if all(t.pk in settled for t in contracts):
@@ -368,41 +401,47 @@ def _settle_chunk(
                     buyer_id=t.buyer_id,
                     seller_id=t.seller_id,
                 )
-                postings.append(
-                    Posting(
-                        key=f"settle:{t.pk}",
-                        kind=LedgerTransaction.Kind.SETTLEMENT,
-                        legs=[
-                            (escrow_ids[t.buyer_id], -t.buyer_escrow),
-                            (available_ids[t.buyer_id], a.refund),
-                            (available_ids[t.seller_id], a.provider_payout),
-                            (fees_id, a.buyer_fee + a.seller_fee),
-                        ],
-                        memo=(
-                            f"settlement of contract #{t.pk} on {instrument.symbol}: delivered {d:,} of "
-                            f"{t.quantity:,} tokens @ {t.price}"
-                        ),
-                    )
+                items.append((t, a, overage if i == len(contracts) - 1 else 0))
+        items = work.collect_residue(items)
+
+        postings: list[Posting] = []
+        rows: list[Settlement] = []
+        for t, a, overage_tokens in items:
+            postings.append(
+                Posting(
+                    key=f"settle:{t.pk}",
+                    kind=LedgerTransaction.Kind.SETTLEMENT,
+                    legs=[
+                        (escrow_ids[t.buyer_id], -t.buyer_escrow),
+                        (available_ids[t.buyer_id], a.refund),
+                        (available_ids[t.seller_id], a.provider_payout),
+                        (fees_id, a.buyer_fee + a.seller_fee),
+                    ],
+                    memo=(
+                        f"settlement of contract #{t.pk} on {instrument.symbol}: delivered {a.delivered:,} of "
+                        f"{t.quantity:,} tokens @ {t.price}"
+                    ),
                 )
-                rows.append(
-                    Settlement(
-                        trade=t,
-                        delivered_tokens=a.delivered,
-                        unused_tokens=a.unused,
-                        value=a.value,
-                        buyer_fee=a.buyer_fee,
-                        seller_fee=a.seller_fee,
-                        provider_payout=a.provider_payout,
-                        refund=a.refund,
-                        overage_tokens=overage if i == len(contracts) - 1 else 0,
-                        settled_at=now,
-                    )
+            )
+            rows.append(
+                Settlement(
+                    trade=t,
+                    delivered_tokens=a.delivered,
+                    unused_tokens=a.unused,
+                    value=a.value,
+                    buyer_fee=a.buyer_fee,
+                    seller_fee=a.seller_fee,
+                    provider_payout=a.provider_payout,
+                    refund=a.refund,
+                    overage_tokens=overage_tokens,
+                    settled_at=now,
                 )
-                report.contracts += 1
-                report.delivered_tokens += a.delivered
-                report.value += a.value
-                report.fees += a.buyer_fee + a.seller_fee
-                report.refunds += a.refund
+            )
+            report.contracts += 1
+            report.delivered_tokens += a.delivered
+            report.value += a.value
+            report.fees += a.buyer_fee + a.seller_fee
+            report.refunds += a.refund
         txns = ledger_post_many(postings=postings)
         for row, txn in zip(rows, txns, strict=True):
             row.transaction = txn
