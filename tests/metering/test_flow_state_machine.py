@@ -234,17 +234,22 @@ class MoneyFlow(RuleBasedStateMachine):
         contracts = list(Trade.objects.filter(instrument=inst).order_by("match_sequence"))
         # The model's settlement: usage oldest first, then its own arithmetic to the cent.
         share = inst.tier.unused_capacity_share
+        # Fees: unrounded per contract, rounded once per account and role on the instrument.
         left: dict[tuple[int, int], int] = {}
+        fees: dict[tuple[str, int], Decimal] = {}
         for t in contracts:
             pair = (t.buyer_id, t.seller_id)
             left.setdefault(pair, self.model.usage.get((inst.pk, t.buyer_id, t.seller_id), 0))
             delivered = min(t.quantity, left[pair])
             left[pair] -= delivered
-            value = cents((delivered + share * (t.quantity - delivered)) * t.price / 1_000_000)
-            buyer_fee = cents(value * t.buyer_fee_bps / 10_000)
-            seller_fee = cents(value * t.seller_fee_bps / 10_000)
-            self.model.cash[t.buyer_id] -= value + buyer_fee
-            self.model.cash[t.seller_id] += value - seller_fee
+            exact = (delivered + share * (t.quantity - delivered)) * t.price / 1_000_000
+            value = cents(exact)
+            fees[("buyer", t.buyer_id)] = fees.get(("buyer", t.buyer_id), Decimal(0)) + exact * t.buyer_fee_bps / 10_000
+            fees[("seller", t.seller_id)] = fees.get(("seller", t.seller_id), Decimal(0)) + exact * t.seller_fee_bps / 10_000
+            self.model.cash[t.buyer_id] -= value
+            self.model.cash[t.seller_id] += value
+        for (_, account_id), exact_fee in fees.items():
+            self.model.cash[account_id] -= cents(exact_fee)
         report = settlements_run_due(now=after_grace(inst))
         assert report.contracts == len(contracts)
         assert report.overage_tokens == sum(left.values())
