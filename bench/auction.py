@@ -101,6 +101,7 @@ def bench_database(n: int) -> None:
 
     from marketplace.models import Account, Hardware, Instrument, Order, Region, Tier
     from marketplace.services import instrument_create
+    from marketplace.terms import order_terms_current
     from metering import money
     from metering.ledger import ledger_account_ids, ledger_accounts_ensure, ledger_post
     from metering.models import LedgerAccount, LedgerTransaction
@@ -131,12 +132,13 @@ def bench_database(n: int) -> None:
         ledger_accounts_ensure(account=a)
         accounts[acct_id] = a
     reserve_total: dict[int, Decimal] = defaultdict(Decimal)
+    terms = order_terms_current(instrument=inst).as_fields()
     rows = []
     for o in orders:
         reserve = Decimal(0)
         if o.side == "buy":
-            reserve = money.reserve_per_lot(lot_size=inst.lot_size, price=o.price, max_fee_bps=max_fee_bps())
-            reserve_total[accounts[o.account_id].pk] += reserve * (o.quantity // inst.lot_size)
+            reserve = money.reserve(quantity=o.quantity, price=o.price, max_fee_bps=max_fee_bps())
+            reserve_total[accounts[o.account_id].pk] += reserve
         rows.append(
             Order(
                 account=accounts[o.account_id],
@@ -146,8 +148,10 @@ def bench_database(n: int) -> None:
                 price=o.price,
                 hardware_id=hw_ids[o.hardware] if o.hardware else None,
                 allowed_hardware=sorted(o.allowed),
+                allowed_hardware_ids=sorted(hw_ids[c] for c in o.allowed),
                 sequence=o.seq,
-                reserve_per_lot=reserve,
+                reserved=reserve,
+                **terms,
             )
         )
     with transaction.atomic():
@@ -178,10 +182,15 @@ def bench_database(n: int) -> None:
                 "quantity",
                 "filled_quantity",
                 "hardware_id",
-                "allowed_hardware",
+                "allowed_hardware_ids",
                 "time_in_force",
                 "pending_match",
-                "reserve_per_lot",
+                "reserved",
+                "maker_fee_bps",
+                "taker_fee_bps",
+                "unused_capacity_share",
+                "output_token_weight",
+                "cached_input_weight",
                 "status",
             )
         )

@@ -130,6 +130,7 @@ def setup_database(book_specs: list[dict], flow: list[dict]):
 
     from marketplace import services as market
     from marketplace.models import Account, Hardware, Instrument, Order, Region, Tier
+    from marketplace.terms import order_terms_current
     from metering import money
     from metering.ledger import ledger_accounts_ensure, ledger_post
     from metering.models import LedgerTransaction
@@ -158,19 +159,20 @@ def setup_database(book_specs: list[dict], flow: list[dict]):
             funds_deposit(account=a, amount=Decimal("1000000000.00"), reason="bench funding")
     hw_ids = dict(Hardware.objects.values_list("code", "id"))
     fee = max_fee_bps()
-    reserve_cache: dict[Decimal, Decimal] = {}
+    terms = order_terms_current(instrument=inst).as_fields()
+    reserve_cache: dict[tuple[Decimal, int], Decimal] = {}
 
-    def reserve(price: Decimal) -> Decimal:
-        if price not in reserve_cache:
-            reserve_cache[price] = money.reserve_per_lot(lot_size=LOT, price=price, max_fee_bps=fee)
-        return reserve_cache[price]
+    def reserve(price: Decimal, lots: int) -> Decimal:
+        if (price, lots) not in reserve_cache:
+            reserve_cache[(price, lots)] = money.reserve(quantity=lots * LOT, price=price, max_fee_bps=fee)
+        return reserve_cache[(price, lots)]
 
     escrow: dict[int, Decimal] = defaultdict(Decimal)
     rows = []
     for seq, s in enumerate(book_specs + flow, start=1):
         acct = accounts[s["account"]]
-        r = reserve(s["price"]) if s["side"] == "buy" else Decimal("0")
-        escrow[acct.pk] += r * s["lots"]
+        r = reserve(s["price"], s["lots"]) if s["side"] == "buy" else Decimal("0")
+        escrow[acct.pk] += r
         rows.append(
             Order(
                 account_id=acct.pk,
@@ -181,10 +183,12 @@ def setup_database(book_specs: list[dict], flow: list[dict]):
                 time_in_force=s["tif"],
                 hardware_id=hw_ids[s["hardware"]] if s["hardware"] else None,
                 allowed_hardware=s["allowed"],
+                allowed_hardware_ids=sorted(hw_ids[c] for c in s["allowed"]),
                 sequence=seq,
                 # The resting book is what earlier matching left: processed, open.
                 pending_match=seq > len(book_specs),
-                reserve_per_lot=r,
+                reserved=r,
+                **terms,
             )
         )
     with transaction.atomic():

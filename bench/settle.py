@@ -115,7 +115,7 @@ def main() -> None:
             instrument=inst, buy_order_id=orders[(inst.pk, "buy", b.pk)], sell_order_id=orders[(inst.pk, "sell", p.pk)],
             buyer=b, seller=p, hardware=h100, quantity=qty, price=price, aggressor_side="sell" if buyer_maker else "buy",
             match_sequence=i + 1, buyer_fee_bps=fee[buyer_maker], seller_fee_bps=fee[not buyer_maker],
-            buyer_escrow=escrow, executed_at=inst.delivery_start,
+            buyer_escrow=escrow, executed_at=inst.delivery_start, unused_capacity_share=inst.tier.unused_capacity_share,
         ))  # fmt: skip
     Trade.objects.bulk_create(trades, batch_size=5000)
     # Hold each buyer's contract escrow in the ledger: deposit, then available -> escrow.

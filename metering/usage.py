@@ -284,8 +284,7 @@ def usage_ingest(*, provider: Account, events: Any, now: dt.datetime | None = No
     with transaction.atomic():
         instrument_ids = sorted({p.instrument_obj.pk for p in parsed if p.instrument_obj is not None})
         _lock_instruments_shared(instrument_ids)
-        first_trade = _first_trades(provider=provider, parsed=parsed)
-        pair_terms = _oldest_contract_terms(provider=provider, parsed=parsed)
+        first_trade, pair_terms = _first_trades(provider=provider, parsed=parsed)
         settled = _settled_pairs(provider=provider, parsed=parsed)
         rows: list[_Parsed] = []
         for p in parsed:
@@ -418,38 +417,31 @@ def _live(parsed: list[_Parsed]) -> list[_Parsed]:
     return [p for p in parsed if p.result.status == Status.ACCEPTED]
 
 
-def _first_trades(*, provider: Account, parsed: list[_Parsed]) -> dict[tuple[int, int], dt.datetime]:
+def _first_trades(
+    *, provider: Account, parsed: list[_Parsed]
+) -> tuple[dict[tuple[int, int], dt.datetime], dict[tuple[int, int], Trade]]:
+    """Per (instrument, buyer) of the batch: the pair's first trade time, and its oldest
+    contract (whose frozen weights price events that name only the instrument). Two queries."""
     live = _live(parsed)
     if not live:
-        return {}
-    rows = (
+        return {}, {}
+    rows = list(
         Trade.objects.filter(
             seller=provider,
             buyer_id__in={p.buyer_id for p in live},
             instrument_id__in={p.instrument_obj.pk for p in live},
         )
         .values("instrument_id", "buyer_id")
-        .annotate(first=Min("executed_at"))
+        .annotate(first=Min("executed_at"), seq=Min("match_sequence"))
     )
-    return {(r["instrument_id"], r["buyer_id"]): r["first"] for r in rows}
-
-
-def _oldest_contract_terms(*, provider: Account, parsed: list[_Parsed]) -> dict[tuple[int, int], Trade]:
-    """Per (instrument, buyer) of the batch, the pair's oldest contract (its frozen weights)."""
-    live = _live(parsed)
-    if not live:
-        return {}
-    pairs = Trade.objects.filter(
-        seller=provider,
-        buyer_id__in={p.buyer_id for p in live},
-        instrument_id__in={p.instrument_obj.pk for p in live},
-    )
-    firsts = pairs.values("instrument_id", "buyer_id").annotate(seq=Min("match_sequence"))
+    first = {(r["instrument_id"], r["buyer_id"]): r["first"] for r in rows}
+    if not rows:
+        return first, {}
     wanted = Q(pk__in=[])
-    for r in firsts:
+    for r in rows:
         wanted |= Q(instrument_id=r["instrument_id"], match_sequence=r["seq"])
     oldest = Trade.objects.filter(wanted).only("instrument_id", "buyer_id", "cached_input_weight", "output_token_weight")
-    return {(t.instrument_id, t.buyer_id): t for t in oldest}
+    return first, {(t.instrument_id, t.buyer_id): t for t in oldest}
 
 
 def _settled_pairs(*, provider: Account, parsed: list[_Parsed]) -> set[tuple[int, int]]:
