@@ -291,8 +291,11 @@ def order_place(
 ) -> Order:
     """Validate and record an order; matching happens after commit, in a Celery worker.
 
-    A buy reserves its maximum cost (every lot at the limit, plus the highest fee, rounded up)
-    from available into escrow in the same transaction, or is refused with insufficient_funds.
+    Freezes the order's terms (fee rates, tier share and weights, allowed hardware ids:
+    marketplace.terms). A buy reserves its maximum cost (quantity x limit plus the highest of its
+    frozen fees, rounded up once: metering.money.reserve) from available into escrow in the same
+    transaction, or is refused with insufficient_funds. Refused with 409 auction_gate_closed after
+    its instrument's day-ahead gate until the clear (pricing.auction_gate).
     Takes the Instrument row lock (for the sequence number) before the ledger locks and holds
     it to commit, so commit order is sequence order per instrument: the matcher, reading
     committed pending orders, always sees a gap-free prefix of the sequence.
