@@ -32,6 +32,7 @@ from .errors import NotFound, ServiceError
 from .market_snapshot import snapshot_publish_on_commit
 from .models import (
     LIVE_STATUSES,
+    TOKENS_PER_PRICE_UNIT,
     Account,
     ApiKey,
     Instrument,
@@ -445,6 +446,9 @@ def _order_finish(*, order: Order, status: str, reason: str, now: dt.datetime) -
     )
 
 
+_RELEASE_WHY = {"cancel": "cancelled", "expire": "expired when its delivery period ended"}
+
+
 def _release_escrow(*, orders: list[Order], key_prefix: str, instrument: Instrument) -> None:
     """Give back the escrow of finished buy orders' unfilled lots (one transaction each)."""
     from metering.ledger import ledger_account_ids
@@ -468,7 +472,10 @@ def _release_escrow(*, orders: list[Order], key_prefix: str, instrument: Instrum
                     (escrow[o.account_id], -((o.remaining // instrument.lot_size) * o.reserve_per_lot)),
                     (available[o.account_id], (o.remaining // instrument.lot_size) * o.reserve_per_lot),
                 ],
-                memo=f"{key_prefix}: release of order #{o.pk} ({o.remaining:,} tokens unfilled)",
+                memo=(
+                    f"escrow of buy order #{o.pk} back to available: {_RELEASE_WHY.get(key_prefix, key_prefix)}, "
+                    f"{o.remaining / TOKENS_PER_PRICE_UNIT:g} Mtok unfilled on {instrument.symbol}"
+                ),
             )
             for o in buys
         ]

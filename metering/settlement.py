@@ -296,8 +296,9 @@ def _settle_chunk(*, instrument: Instrument, first: tuple[int, int], last: tuple
                         ],
                         memo=(
                             f"settlement of contract #{t.pk} on {instrument.symbol}: delivered {d:,} of "
-                            f"{t.quantity:,} tokens @ {t.price}"
-                        ),
+                            f"{t.quantity:,} tokens @ {t.price}; charged {a.value + a.buyer_fee} incl. fee "
+                            f"{a.buyer_fee}; refund {a.refund}; provider paid {a.provider_payout}"
+                        )[:255],  # the memo column's length
                     )
                 )
                 rows.append(

@@ -74,7 +74,7 @@ def auction_clear(*, instrument_id: int, now: dt.datetime | None = None) -> Call
         auction = CallAuction.objects.select_for_update().get(instrument_id=instrument_id)
         if auction.status == CallAuction.Status.CLEARED:
             return auction
-        instrument = Instrument.objects.get(pk=instrument_id)
+        instrument = Instrument.objects.select_related("tier", "region").get(pk=instrument_id)
         hw = book_rows.hardware_codes()
         hw_ids = {code: pk for pk, code in hw.items()}
         rows, orders = book_rows.auction_orders(instrument_id=instrument_id, hw=hw)
@@ -128,7 +128,9 @@ def auction_clear(*, instrument_id: int, now: dt.datetime | None = None) -> Call
             updates.append((o.id, filled, status, reason, pending, order_seq, None))
         book_rows.orders_update(updates, now)
         book_rows.trades_insert(instrument_id=instrument_id, trades=trades, now=now)
-        escrow_release_post(instrument_id=instrument_id, batch_key="auction", release=release)
+        escrow_release_post(
+            instrument_id=instrument_id, batch_key="auction", release=release, symbol=instrument.symbol
+        )
 
         book_row.last_matched_sequence = seq
         book_row.last_trade_sequence = trade_seq

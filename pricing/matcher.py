@@ -129,7 +129,8 @@ def match_locked(*, book_row: InstrumentBook, batch_size: int | None = None) -> 
     Returns (commands applied, trades written). Cancels are applied while an instrument is
     halted or collecting its call auction; new orders only while it trades continuously.
     """
-    instrument = Instrument.objects.annotate(
+    # tier and region come in the same query: the statement memo names the book's symbol.
+    instrument = Instrument.objects.select_related("tier", "region").annotate(
         in_call_auction=Exists(
             CallAuction.objects.filter(instrument=OuterRef("pk"), status=CallAuction.Status.COLLECTING)
         )
@@ -260,7 +261,9 @@ def _write_batch(
             rows_by_id.pop(order_id, None)
     book_rows.orders_update(updates, now)
     book_rows.trades_insert(instrument_id=instrument.id, trades=trades, now=now)
-    escrow_release_post(instrument_id=instrument.id, batch_key=str(last_sequence), release=release)
+    escrow_release_post(
+        instrument_id=instrument.id, batch_key=str(last_sequence), release=release, symbol=instrument.symbol
+    )
 
     book_row.last_matched_sequence = last_sequence
     book_row.last_trade_sequence = trade_seq
@@ -275,7 +278,9 @@ def _write_batch(
     return len(trades)
 
 
-def escrow_release_post(*, instrument_id: int, batch_key: str, release: dict[int, Decimal]) -> None:
+def escrow_release_post(
+    *, instrument_id: int, batch_key: str, release: dict[int, Decimal], symbol: str | None = None
+) -> None:
     """Give buyers back, in one ledger transaction, what their fills and cancels no longer hold
     in escrow. The caller holds the instrument's book row lock."""
     release = {a: amt for a, amt in release.items() if amt}
@@ -292,5 +297,9 @@ def escrow_release_post(*, instrument_id: int, batch_key: str, release: dict[int
         key=f"match:{instrument_id}:{batch_key}",
         kind=LedgerTransaction.Kind.MATCH,
         legs=legs,
-        memo=f"escrow released by matching on instrument {instrument_id} up to sequence {batch_key}",
+        # Words a trader knows: the book's symbol, and why money came back.
+        memo=(
+            f"escrow back to available after matching on {symbol or f'instrument {instrument_id}'}: "
+            "price improvement, fees below the reserved maximum, and unfilled remainders"
+        ),
     )
