@@ -171,7 +171,7 @@ REDIS_KEY_PREFIX = env.str("REDIS_KEY_PREFIX", default=env.str("PYTEST_XDIST_WOR
 if REDIS_URL:
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "config.redis_cache.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": f"ciyuan:{REDIS_KEY_PREFIX}" if REDIS_KEY_PREFIX else "ciyuan",
         }

@@ -50,6 +50,16 @@ def sqlstate(exc: BaseException) -> str | None:
     return None
 
 
+def constraint_name(exc: BaseException) -> str | None:
+    """The name of the constraint a database error violated (PostgreSQL's diagnostics), or
+    None (SQLite reports no names)."""
+    for e in _causes(exc):
+        diag = getattr(e, "diag", None)
+        if diag is not None and getattr(diag, "constraint_name", None):
+            return diag.constraint_name
+    return None
+
+
 def _sqlite_code(exc: BaseException) -> int | None:
     for e in _causes(exc):
         code = getattr(e, "sqlite_errorcode", None)

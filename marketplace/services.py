@@ -21,13 +21,21 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from metering import money
-from metering.ledger import InsufficientFunds, Posting, ledger_accounts_ensure, ledger_post, ledger_post_many
+from metering.ledger import (
+    InsufficientFunds,
+    Posting,
+    ledger_accounts_ensure,
+    ledger_post_in_transaction,
+    ledger_post_many,
+    participant_ledger_ids,
+)
 from metering.models import LedgerTransaction
 from pricing.dispatch import enqueue_match_on_commit
 
 from . import order_terms
 from .cache_generation import API_KEYS, CATALOG, generation_bump
 from .catalog_cache import catalog_hardware_ids, catalog_instrument
+from .db_errors import constraint_name
 from .errors import NotFound, ServiceError
 from .market_snapshot import snapshot_publish_on_commit
 from .models import (
@@ -283,19 +291,48 @@ def instrument_set_status(*, instrument: Instrument, status: str) -> Instrument:
 
 
 
-def _instrument_key_share(*, instrument_id: int) -> None:
-    """Take the order's foreign-key lock on its instrument now, before the ledger rows.
+def _order_insert(*, order: Order) -> None:
+    """INSERT the order while its instrument is open, taking the order's foreign-key lock on
+    the instrument in the same statement (FOR KEY SHARE), before any ledger row.
 
     PostgreSQL checks the order -> instrument foreign key (deferred) at COMMIT with FOR KEY
     SHARE on the instrument row, i.e. after the escrow posting locked the buyer's ledger rows:
     the reverse of the global lock order (instrument first, ledger last), so a placement and an
     instrument close releasing that buyer's escrow could deadlock. KEY SHARE locks do not
     conflict with each other, so placements on one instrument still never wait for each other;
-    they wait only for a close or halt holding the row FOR UPDATE.
+    they wait only for a close or halt holding the row FOR UPDATE, and an instrument halted or
+    closed meanwhile inserts nothing: instrument_not_open. Every concrete column of Order is
+    written, so a field added to the model is written here without touching this SQL.
     """
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cur:
-            cur.execute("SELECT 1 FROM marketplace_instrument WHERE id = %s FOR KEY SHARE", [instrument_id])
+    if connection.vendor != "postgresql":
+        # SQLite serializes writers: nothing to lock, and this check cannot race. (PostgreSQL
+        # leaves it to the unique index, whose violation names uniq_client_order_id.)
+        if order.client_order_id and Order.objects.filter(
+            account_id=order.account_id, client_order_id=order.client_order_id
+        ).exists():
+            raise ServiceError(
+                "duplicate_client_order_id", f"client_order_id {order.client_order_id!r} is already used by another order.",
+                field="client_order_id", status=409,
+            )
+        order.save(force_insert=True)
+        return
+    fields = [f for f in Order._meta.concrete_fields if not f.primary_key]
+    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    values = [f.get_db_prep_save(f.pre_save(order, True), connection) for f in fields]
+    with connection.cursor() as cur:
+        cur.execute(
+            f"INSERT INTO {Order._meta.db_table} ({columns}) SELECT {', '.join(['%s'] * len(fields))} "
+            f"FROM {Instrument._meta.db_table} WHERE id = %s AND status = %s FOR KEY SHARE RETURNING id",
+            [*values, order.instrument_id, Instrument.Status.OPEN],
+        )
+        row = cur.fetchone()
+    if row is None:
+        raise ServiceError(
+            "instrument_not_open", f"{order.instrument.symbol} was halted or closed; it takes no orders.", status=409
+        )
+    order.pk = row[0]
+    order._state.adding = False
+    order._state.db = connection.alias
 
 
 def order_place(
@@ -384,49 +421,48 @@ def order_place(
     if side == Side.BUY:
         reserve = money.reserve_per_lot(lot_size=instrument.lot_size, price=price, max_fee_bps=max_fee_bps())
 
+    order = Order(
+        account=account,
+        instrument=instrument,
+        side=side,
+        quantity=quantity,
+        price=price,
+        time_in_force=time_in_force,
+        hardware_id=hardware_obj_id,
+        allowed_hardware=allowed,
+        client_order_id=client_order_id,
+        reserve_per_lot=reserve,
+        below_energy_floor=below_floor,
+        created_at=now,
+        updated_at=now,
+    )
+    total = reserve * (quantity // instrument.lot_size)
     try:
+        # Two statements on PostgreSQL (the order, the escrow), and no savepoint of the ledger's
+        # own: a refusal leaves this block, which rolls the order back with it.
         with transaction.atomic():
-            _instrument_key_share(instrument_id=instrument.pk)
-            if client_order_id and Order.objects.filter(account=account, client_order_id=client_order_id).exists():
-                raise ServiceError(
-                    "duplicate_client_order_id", f"client_order_id {client_order_id!r} is already used by another order.",
-                    field="client_order_id", status=409,
-                )
-            order = Order.objects.create(
-                account=account,
-                instrument=instrument,
-                side=side,
-                quantity=quantity,
-                price=price,
-                time_in_force=time_in_force,
-                hardware_id=hardware_obj_id,
-                allowed_hardware=allowed,
-                client_order_id=client_order_id,
-                reserve_per_lot=reserve,
-                below_energy_floor=below_floor,
-                created_at=now,
-                updated_at=now,
-            )
+            _order_insert(order=order)
             if side == Side.BUY:
-                ledger = ledger_accounts_ensure(account=account)
-                total = reserve * (quantity // instrument.lot_size)
-                try:
-                    ledger_post(
-                        key=f"reserve:{order.pk}",
-                        kind=LedgerTransaction.Kind.ESCROW_RESERVE,
-                        legs=[(ledger["available"].pk, -total), (ledger["escrow"].pk, total)],
-                        memo=f"escrow for buy order #{order.pk}: {quantity:,} tokens @ {price} on {instrument.symbol}",
-                    )
-                except InsufficientFunds:
-                    raise ServiceError(
-                        "insufficient_funds",
-                        f"This order needs {total} {settings.EXCHANGE_CURRENCY} in escrow "
-                        f"(quantity x limit + the highest fee); available is {ledger['available'].balance}.",
-                        status=402,
-                    ) from None
+                ledger = participant_ledger_ids(account=account)
+                ledger_post_in_transaction(
+                    key=f"reserve:{order.pk}",
+                    kind=LedgerTransaction.Kind.ESCROW_RESERVE,
+                    legs=[(ledger["available"], -total), (ledger["escrow"], total)],
+                    memo=f"escrow for buy order #{order.pk}: {quantity:,} tokens @ {price} on {instrument.symbol}",
+                )
             enqueue_match_on_commit(instrument.pk)
+    except InsufficientFunds:
+        from metering.selectors import balances_get
+
+        order.pk = None
+        raise ServiceError(
+            "insufficient_funds",
+            f"This order needs {total} {settings.EXCHANGE_CURRENCY} in escrow "
+            f"(quantity x limit + the highest fee); available is {balances_get(account=account)['available']}.",
+            status=402,
+        ) from None
     except IntegrityError as exc:
-        if "client_order_id" in str(exc):
+        if constraint_name(exc) == "uniq_client_order_id":
             raise ServiceError(
                 "duplicate_client_order_id", f"client_order_id {client_order_id!r} is already used by another order.",
                 field="client_order_id", status=409,

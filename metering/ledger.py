@@ -63,6 +63,24 @@ def ledger_accounts_ensure(*, account: Account) -> dict[str, LedgerAccount]:
     return found
 
 
+def participant_ledger_ids(*, account: Account) -> dict[str, int]:
+    """Kind -> id of the participant's ledger accounts, looked up once per Account instance.
+
+    The ids never change (ledger accounts are never deleted or re-owned), so an instance that
+    lives across requests (the API key cache holds its account) posts without looking them up.
+    """
+    cur = currency()
+    cached = account.__dict__.get("ledger_ids_cached")
+    if cached is not None and cached[0] == cur:
+        return cached[1]
+    ids = dict(LedgerAccount.objects.filter(owner=account, currency=cur).values_list("kind", "id"))
+    if any(k not in ids for k in PARTICIPANT_KINDS):
+        # Created now, possibly in a transaction that rolls back: not remembered.
+        return {kind: la.pk for kind, la in ledger_accounts_ensure(account=account).items()}
+    account.__dict__["ledger_ids_cached"] = (cur, ids)
+    return ids
+
+
 def system_account(kind: str) -> LedgerAccount:
     assert kind in LedgerAccount.SYSTEM_KINDS
     acct, _ = LedgerAccount.objects.get_or_create(
@@ -170,6 +188,95 @@ def ledger_post_many(*, postings: Sequence[Posting]) -> list[LedgerTransaction]:
             raise InsufficientFunds() from None
         raise
     return txns
+
+
+def ledger_post_in_transaction(
+    *, key: str, kind: str, legs: Iterable[tuple[int, Decimal]], memo: str = ""
+) -> tuple[LedgerTransaction, dict[int, Decimal]]:
+    """Post one balanced transaction in the caller's transaction, with no savepoint of its own,
+    and return it with the new balance of every account it moved.
+
+    For hot paths that roll back everything on a refusal anyway (order placement's escrow):
+    on PostgreSQL it is one statement (lock the accounts in ascending id order, add each
+    account's net, insert the transaction and its entries with their running balances), where
+    ledger_post takes six. The refusals are ledger_post's (UnbalancedTransaction before any
+    statement; InsufficientFunds when the balance CHECK refuses), but a refusal from the
+    database leaves the caller's transaction aborted: the caller must let the exception leave
+    its atomic block. The key must be new (a reservation's is its new order's id): a duplicate
+    is an IntegrityError here, not AlreadyPosted, since nothing can be read after it.
+    """
+    legs_net = _net_legs(Posting(key=key, kind=kind, legs=list(legs), memo=memo))
+    now = timezone.now()
+    if connection.vendor != "postgresql":
+        txn = LedgerTransaction.objects.create(key=key, kind=kind, memo=memo[:255], created_at=now)
+        # One UPDATE for every leg (SQLite takes no row locks, so the order is moot); ROUND as
+        # in _apply_balances.
+        cases = " ".join("WHEN %s THEN %s" for _ in legs_net)
+        params = [x for a, amt in legs_net for x in (a, str(amt))]
+        try:
+            with connection.cursor() as cur:
+                cur.execute(
+                    f"UPDATE metering_ledgeraccount SET balance = ROUND(balance + CASE id {cases} END, 2) "
+                    f"WHERE id IN ({', '.join(['%s'] * len(legs_net))}) RETURNING id, balance",
+                    [*params, *(a for a, _ in legs_net)],
+                )
+                final = {a: Decimal(str(b)).quantize(Decimal("0.01")) for a, b in cur.fetchall()}
+        except IntegrityError as exc:
+            if is_negative_balance(exc):
+                raise InsufficientFunds() from None
+            raise
+        if len(final) != len(legs_net):
+            raise LedgerError(f"transaction {key}: unknown ledger account among {[a for a, _ in legs_net]}")
+        LedgerEntry.objects.bulk_create(
+            [LedgerEntry(transaction=txn, account_id=a, amount=amt, balance_after=final[a], created_at=now)
+             for a, amt in legs_net]
+        )  # fmt: skip
+        return txn, final
+    ids = [a for a, _ in legs_net]
+    # `locked` takes the row locks in ascending id order (LockRows above the sort) before the
+    # UPDATE, which joins on it, can change a balance: the exchange-wide lock order. Each
+    # entry's balance_after is its account's new balance (one leg per account after netting).
+    sql = """
+        WITH v(id, delta) AS (SELECT * FROM unnest(%s::bigint[], %s::numeric[])),
+        locked AS (SELECT id FROM metering_ledgeraccount WHERE id = ANY(%s::bigint[]) ORDER BY id FOR UPDATE),
+        bal AS (
+            UPDATE metering_ledgeraccount AS la SET balance = la.balance + v.delta
+            FROM v JOIN locked ON locked.id = v.id WHERE la.id = v.id
+            RETURNING la.id, la.balance
+        ),
+        txn AS (
+            INSERT INTO metering_ledgertransaction (key, kind, memo, created_at)
+            VALUES (%s, %s, %s, %s) RETURNING id
+        ),
+        ent AS (
+            INSERT INTO metering_ledgerentry (transaction_id, account_id, amount, balance_after, created_at)
+            SELECT txn.id, bal.id, v.delta, bal.balance, %s FROM txn, bal JOIN v ON v.id = bal.id ORDER BY bal.id
+        )
+        SELECT (SELECT id FROM txn), bal.id, bal.balance FROM bal
+    """
+    try:
+        with connection.cursor() as cur:
+            cur.execute(sql, [ids, [amt for _, amt in legs_net], ids, key, kind, memo[:255], now, now])
+            rows = cur.fetchall()
+    except IntegrityError as exc:
+        if is_negative_balance(exc):
+            raise InsufficientFunds() from None
+        raise
+    if len(rows) != len(legs_net):
+        raise LedgerError(f"transaction {key}: unknown ledger account among {ids}")
+    txn = LedgerTransaction(pk=rows[0][0], key=key, kind=kind, memo=memo[:255], created_at=now)
+    txn._state.adding = False
+    return txn, {a: Decimal(b) for _, a, b in rows}
+
+
+def is_negative_balance(exc: BaseException) -> bool:
+    """Whether an IntegrityError is the participant balance CHECK (ledger_no_negative_balance)
+    refusing: by the constraint's name on PostgreSQL, SQLite's CHECK failure otherwise."""
+    cause = exc.__cause__
+    diag = getattr(cause, "diag", None)
+    if diag is not None:
+        return diag.constraint_name == "ledger_no_negative_balance"
+    return "CHECK constraint failed" in str(exc)
 
 
 # Above this many transactions in one call, PostgreSQL gets one INSERT ... SELECT FROM unnest()

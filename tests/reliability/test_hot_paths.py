@@ -27,25 +27,37 @@ def count(fn) -> int:
     return len(ctx.captured_queries)
 
 
+# Outside a test transaction (as in production), so the per-process caches fill and the
+# order's atomic() is a real transaction, not a savepoint of the test's.
+@pytest.mark.django_db(transaction=True)
 def test_placing_an_order_takes_a_fixed_number_of_queries(buyer, instrument):
     client = api_client_for(buyer)
     client.get("/api/v1/orders")  # the key's last_used_at is touched once a minute, not per request
 
-    def place(price):
-        body = {"instrument": instrument.symbol, "side": "buy", "quantity": 1_000_000, "price": price}
+    def place(price, **extra):
+        body = {"instrument": instrument.symbol, "side": "buy", "quantity": 1_000_000, "price": price, **extra}
         return lambda: client.post("/api/v1/orders", body, format="json")
 
-    first, second = count(place("1.00")), count(place("1.01"))
-    # Key, instrument, hardware; then in one transaction, with no instrument-wide lock and no
-    # sequence number (the matcher assigns it): the order INSERT, the buyer's ledger accounts,
-    # the escrow posting (ledger transaction, two balance UPDATEs, entries); no re-read of the
-    # order for the response. Four are SAVEPOINT/RELEASE: the test's own transaction turns
-    # order_place's atomic() into a savepoint, and ledger_post nests one. Pinned exactly, so
-    # one more (or one fewer, e.g. a check that went missing) shows up here. PostgreSQL adds the
-    # instrument's FOR KEY SHARE lock, taken before the ledger rows (lock order; shared, so
-    # placements do not wait for each other).
-    expected = 14 if connection.vendor == "postgresql" else 13
-    assert first == second == expected, [q["sql"][:120] for q in ctx_queries(place("1.02"))]
+    count(place("0.99"))  # warm: the buyer's ledger account ids are remembered with the key's account
+    first, second = count(place("1.00")), count(place("1.01", client_order_id="bot-7"))
+    # The key, the instrument and the hardware catalog come from per-process caches, the
+    # ledger account ids with the key's account: no query. Then one transaction, with no
+    # instrument-wide lock and no sequence number (the matcher assigns it):
+    #   BEGIN
+    #   INSERT the order ... SELECT FROM the instrument WHERE open FOR KEY SHARE (its foreign-key
+    #     lock, taken before the ledger rows: lock order; shared, so placements never wait for
+    #     each other; a duplicate client_order_id is the unique index's refusal)
+    #   the escrow: one statement locking the two ledger rows in id order, updating both
+    #     balances, inserting the ledger transaction and its two entries
+    #   COMMIT
+    # No re-read of the order for the response. SQLite: the escrow is three statements (the
+    # transaction, one UPDATE of both balances, the entries), and a client_order_id is checked
+    # by a query (SQLite serializes writers, so that check cannot race).
+    # Pinned exactly, so one more (or one fewer, e.g. a check that went missing) shows up here.
+    if connection.vendor == "postgresql":
+        assert first == second == 4, "\n".join(q["sql"][:90] for q in ctx_queries(place("1.02")))
+    else:
+        assert (first, second) == (6, 7), "\n".join(q["sql"][:90] for q in ctx_queries(place("1.02")))
 
 
 def test_reading_a_book_takes_as_many_queries_for_a_full_book_as_for_an_empty_one(instrument, buyer, provider):
