@@ -151,6 +151,8 @@ def query_profile(seed_data: dict) -> list[tuple[str, int]]:
             r = getattr(client, method)(path, **kwargs, **headers)
         assert r.status_code < 300, (name, r.status_code, r.content[:300])
         out.append((name, len(ctx.captured_queries)))
+        if os.environ.get("BENCH_SHOW_SQL"):
+            print(name, *(q["sql"][:100] for q in ctx.captured_queries), sep="\n  ")
     return out
 
 

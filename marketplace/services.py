@@ -5,6 +5,7 @@ The web UI, the REST API, admin actions and management commands all call these f
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import secrets
@@ -27,6 +28,7 @@ from metering.ledger import (
     ledger_accounts_ensure,
     ledger_post_in_transaction,
     ledger_post_many,
+    ledger_post_with_new_row,
     participant_ledger_ids,
 )
 from metering.models import LedgerTransaction
@@ -291,9 +293,9 @@ def instrument_set_status(*, instrument: Instrument, status: str) -> Instrument:
 
 
 
-def _order_insert(*, order: Order) -> None:
-    """INSERT the order while its instrument is open, taking the order's foreign-key lock on
-    the instrument in the same statement (FOR KEY SHARE), before any ledger row.
+def _order_insert_sql(*, order: Order) -> tuple[str, list]:
+    """PostgreSQL: INSERT the order while its instrument is open, taking the order's foreign-key
+    lock on the instrument in the same statement (FOR KEY SHARE), before any ledger row.
 
     PostgreSQL checks the order -> instrument foreign key (deferred) at COMMIT with FOR KEY
     SHARE on the instrument row, i.e. after the escrow posting locked the buyer's ledger rows:
@@ -301,38 +303,30 @@ def _order_insert(*, order: Order) -> None:
     instrument close releasing that buyer's escrow could deadlock. KEY SHARE locks do not
     conflict with each other, so placements on one instrument still never wait for each other;
     they wait only for a close or halt holding the row FOR UPDATE, and an instrument halted or
-    closed meanwhile inserts nothing: instrument_not_open. Every concrete column of Order is
+    closed meanwhile inserts nothing (instrument_not_open). Every concrete column of Order is
     written, so a field added to the model is written here without touching this SQL.
     """
-    if connection.vendor != "postgresql":
-        # SQLite serializes writers: nothing to lock, and this check cannot race. (PostgreSQL
-        # leaves it to the unique index, whose violation names uniq_client_order_id.)
-        if order.client_order_id and Order.objects.filter(
-            account_id=order.account_id, client_order_id=order.client_order_id
-        ).exists():
-            raise ServiceError(
-                "duplicate_client_order_id", f"client_order_id {order.client_order_id!r} is already used by another order.",
-                field="client_order_id", status=409,
-            )
-        order.save(force_insert=True)
-        return
     fields = [f for f in Order._meta.concrete_fields if not f.primary_key]
     columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
     values = [f.get_db_prep_save(f.pre_save(order, True), connection) for f in fields]
-    with connection.cursor() as cur:
-        cur.execute(
-            f"INSERT INTO {Order._meta.db_table} ({columns}) SELECT {', '.join(['%s'] * len(fields))} "
-            f"FROM {Instrument._meta.db_table} WHERE id = %s AND status = %s FOR KEY SHARE RETURNING id",
-            [*values, order.instrument_id, Instrument.Status.OPEN],
-        )
-        row = cur.fetchone()
-    if row is None:
+    sql = (
+        f"INSERT INTO {Order._meta.db_table} ({columns}) SELECT {', '.join(['%s'] * len(fields))} "
+        f"FROM {Instrument._meta.db_table} WHERE id = %s AND status = %s FOR KEY SHARE RETURNING id"
+    )
+    return sql, [*values, order.instrument_id, Instrument.Status.OPEN]
+
+
+def _order_insert_sqlite(*, order: Order) -> None:
+    # SQLite serializes writers: nothing to lock, and this check cannot race. (PostgreSQL
+    # leaves it to the unique index, whose violation names uniq_client_order_id.)
+    if order.client_order_id and Order.objects.filter(
+        account_id=order.account_id, client_order_id=order.client_order_id
+    ).exists():
         raise ServiceError(
-            "instrument_not_open", f"{order.instrument.symbol} was halted or closed; it takes no orders.", status=409
+            "duplicate_client_order_id", f"client_order_id {order.client_order_id!r} is already used by another order.",
+            field="client_order_id", status=409,
         )
-    order.pk = row[0]
-    order._state.adding = False
-    order._state.db = connection.alias
+    order.save(force_insert=True)
 
 
 def order_place(
@@ -347,6 +341,7 @@ def order_place(
     allowed_hardware: Sequence[str] = (),
     client_order_id: str | None = None,
     now: dt.datetime | None = None,
+    savepoint: bool = True,
 ) -> Order:
     """Validate and record an order; matching happens after commit, in a Celery worker.
 
@@ -355,6 +350,10 @@ def order_place(
     Takes no instrument-wide lock: only the buyer's own ledger rows are locked (by the escrow
     posting), so placements on one instrument never wait for each other. The order has no
     match sequence yet: the matcher gives it one when it applies it (pricing.matcher).
+
+    Called inside a transaction, a refusal rolls back only the order's own savepoint; a caller
+    that rolls its whole transaction back on any exception anyway (the API's Idempotency-Key
+    wrapper) passes savepoint=False and saves the SAVEPOINT and RELEASE round trips.
     """
     now = now or timezone.now()
     if side not in Side.values:
@@ -438,19 +437,48 @@ def order_place(
     )
     total = reserve * (quantity // instrument.lot_size)
     try:
-        # Two statements on PostgreSQL (the order, the escrow), and no savepoint of the ledger's
-        # own: a refusal leaves this block, which rolls the order back with it.
-        with transaction.atomic():
-            _order_insert(order=order)
-            if side == Side.BUY:
-                ledger = participant_ledger_ids(account=account)
-                ledger_post_in_transaction(
-                    key=f"reserve:{order.pk}",
-                    kind=LedgerTransaction.Kind.ESCROW_RESERVE,
-                    legs=[(ledger["available"], -total), (ledger["escrow"], total)],
-                    memo=f"escrow for buy order #{order.pk}: {quantity:,} tokens @ {price} on {instrument.symbol}",
-                )
-            enqueue_match_on_commit(instrument.pk)
+        # On PostgreSQL one statement writes the order and, for a buy, its escrow: outside a
+        # transaction it runs in autocommit (a single statement is atomic), so a placement is
+        # one round trip with no BEGIN or COMMIT; inside one it gets a savepoint, so a refusal
+        # changes nothing of the caller's.
+        one_statement = connection.vendor == "postgresql" and not connection.in_atomic_block
+        with contextlib.nullcontext() if one_statement else transaction.atomic(savepoint=savepoint):
+            if connection.vendor == "postgresql":
+                insert_sql, insert_params = _order_insert_sql(order=order)
+                if side == Side.BUY:
+                    ledger = participant_ledger_ids(account=account)
+                    pk = ledger_post_with_new_row(
+                        row_sql=insert_sql,
+                        row_params=insert_params,
+                        kind=LedgerTransaction.Kind.ESCROW_RESERVE,
+                        legs=[(ledger["available"], -total), (ledger["escrow"], total)],
+                        key_prefix="reserve:",
+                        memo_prefix="escrow for buy order #",
+                        memo_suffix=f": {quantity:,} tokens @ {price} on {instrument.symbol}",
+                    )
+                else:
+                    with connection.cursor() as cur:
+                        cur.execute(insert_sql, insert_params)
+                        pk = (cur.fetchone() or (None,))[0]
+                if pk is None:
+                    raise ServiceError(
+                        "instrument_not_open", f"{instrument.symbol} was halted or closed; it takes no orders.",
+                        status=409,
+                    )
+                order.pk = pk
+                order._state.adding = False
+                order._state.db = connection.alias
+            else:
+                _order_insert_sqlite(order=order)
+                if side == Side.BUY:
+                    ledger = participant_ledger_ids(account=account)
+                    ledger_post_in_transaction(
+                        key=f"reserve:{order.pk}",
+                        kind=LedgerTransaction.Kind.ESCROW_RESERVE,
+                        legs=[(ledger["available"], -total), (ledger["escrow"], total)],
+                        memo=f"escrow for buy order #{order.pk}: {quantity:,} tokens @ {price} on {instrument.symbol}",
+                    )
+            enqueue_match_on_commit(instrument.pk)  # at once in autocommit: the order is committed
     except InsufficientFunds:
         from metering.selectors import balances_get
 

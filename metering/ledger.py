@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import DataError, IntegrityError, connection, transaction
 from django.utils import timezone
 
+from marketplace.db_errors import sqlstate
 from marketplace.models import Account
 
 from .models import LedgerAccount, LedgerEntry, LedgerTransaction
@@ -196,49 +197,92 @@ def ledger_post_in_transaction(
     """Post one balanced transaction in the caller's transaction, with no savepoint of its own,
     and return it with the new balance of every account it moved.
 
-    For hot paths that roll back everything on a refusal anyway (order placement's escrow):
-    on PostgreSQL it is one statement (lock the accounts in ascending id order, add each
-    account's net, insert the transaction and its entries with their running balances), where
-    ledger_post takes six. The refusals are ledger_post's (UnbalancedTransaction before any
-    statement; InsufficientFunds when the balance CHECK refuses), but a refusal from the
-    database leaves the caller's transaction aborted: the caller must let the exception leave
-    its atomic block. The key must be new (a reservation's is its new order's id): a duplicate
-    is an IntegrityError here, not AlreadyPosted, since nothing can be read after it.
+    For hot paths that roll back everything on a refusal anyway. The refusals are
+    ledger_post's (UnbalancedTransaction before any statement; InsufficientFunds when the
+    balance CHECK refuses), but a refusal from the database may leave the caller's transaction
+    aborted: the caller must let the exception leave its atomic block. The key must be new: a
+    duplicate is an IntegrityError here, not AlreadyPosted. On PostgreSQL it is one statement
+    (ledger_post_with_new_row without the row).
     """
     legs_net = _net_legs(Posting(key=key, kind=kind, legs=list(legs), memo=memo))
     now = timezone.now()
-    if connection.vendor != "postgresql":
-        txn = LedgerTransaction.objects.create(key=key, kind=kind, memo=memo[:255], created_at=now)
-        # One UPDATE for every leg (SQLite takes no row locks, so the order is moot); ROUND as
-        # in _apply_balances.
-        cases = " ".join("WHEN %s THEN %s" for _ in legs_net)
-        params = [x for a, amt in legs_net for x in (a, str(amt))]
-        try:
-            with connection.cursor() as cur:
-                cur.execute(
-                    f"UPDATE metering_ledgeraccount SET balance = ROUND(balance + CASE id {cases} END, 2) "
-                    f"WHERE id IN ({', '.join(['%s'] * len(legs_net))}) RETURNING id, balance",
-                    [*params, *(a for a, _ in legs_net)],
-                )
-                final = {a: Decimal(str(b)).quantize(Decimal("0.01")) for a, b in cur.fetchall()}
-        except IntegrityError as exc:
-            if is_negative_balance(exc):
-                raise InsufficientFunds() from None
-            raise
-        if len(final) != len(legs_net):
-            raise LedgerError(f"transaction {key}: unknown ledger account among {[a for a, _ in legs_net]}")
-        LedgerEntry.objects.bulk_create(
-            [LedgerEntry(transaction=txn, account_id=a, amount=amt, balance_after=final[a], created_at=now)
-             for a, amt in legs_net]
+    if connection.vendor == "postgresql":
+        _, txn_id, final = _post_statement(
+            src_sql="SELECT NULL::bigint AS id", src_params=[], legs_net=legs_net, kind=kind,
+            key_sql="%s", key_params=[key], memo_sql="%s", memo_params=[memo[:255]], now=now,
         )  # fmt: skip
+        txn = LedgerTransaction(pk=txn_id, key=key, kind=kind, memo=memo[:255], created_at=now)
+        txn._state.adding = False
         return txn, final
+    txn = LedgerTransaction.objects.create(key=key, kind=kind, memo=memo[:255], created_at=now)
+    # One UPDATE for every leg (SQLite takes no row locks, so the order is moot); ROUND as in
+    # _apply_balances.
+    cases = " ".join("WHEN %s THEN %s" for _ in legs_net)
+    params = [x for a, amt in legs_net for x in (a, str(amt))]
+    try:
+        with connection.cursor() as cur:
+            cur.execute(
+                f"UPDATE metering_ledgeraccount SET balance = ROUND(balance + CASE id {cases} END, 2) "
+                f"WHERE id IN ({', '.join(['%s'] * len(legs_net))}) RETURNING id, balance",
+                [*params, *(a for a, _ in legs_net)],
+            )
+            final = {a: Decimal(str(b)).quantize(Decimal("0.01")) for a, b in cur.fetchall()}
+    except IntegrityError as exc:
+        if is_negative_balance(exc):
+            raise InsufficientFunds() from None
+        raise
+    if len(final) != len(legs_net):
+        raise LedgerError(f"transaction {key}: unknown ledger account among {[a for a, _ in legs_net]}")
+    LedgerEntry.objects.bulk_create(
+        [LedgerEntry(transaction=txn, account_id=a, amount=amt, balance_after=final[a], created_at=now)
+         for a, amt in legs_net]
+    )  # fmt: skip
+    return txn, final
+
+
+def ledger_post_with_new_row(
+    *,
+    row_sql: str,
+    row_params: Sequence,
+    kind: str,
+    legs: Iterable[tuple[int, Decimal]],
+    key_prefix: str,
+    memo_prefix: str,
+    memo_suffix: str = "",
+) -> int | None:
+    """PostgreSQL only: in ONE statement, insert the row that causes a posting and post it.
+
+    `row_sql` is an INSERT ... RETURNING id that may insert nothing (e.g. its SELECT found the
+    instrument closed); the ledger transaction's key is key_prefix + that id, its memo
+    memo_prefix + id + memo_suffix. Returns the row's id, or None if it inserted nothing (and
+    nothing was posted). Being one statement it is atomic even in autocommit, so a caller
+    outside any transaction pays one round trip for the row, the balances and the entries,
+    with no BEGIN or COMMIT of its own. The refusals are ledger_post_in_transaction's.
+    """
+    legs_net = _net_legs(Posting(key=key_prefix, kind=kind, legs=list(legs)))
+    row_id, txn_id, _ = _post_statement(
+        src_sql=row_sql, src_params=list(row_params), legs_net=legs_net, kind=kind,
+        key_sql="%s || src.id", key_params=[key_prefix],
+        memo_sql="left(%s || src.id || %s, 255)", memo_params=[memo_prefix, memo_suffix], now=timezone.now(),
+    )  # fmt: skip
+    return row_id
+
+
+def _post_statement(
+    *, src_sql, src_params, legs_net, kind, key_sql, key_params, memo_sql, memo_params, now
+) -> tuple[int | None, int | None, dict[int, Decimal]]:
     ids = [a for a, _ in legs_net]
-    # `locked` takes the row locks in ascending id order (LockRows above the sort) before the
-    # UPDATE, which joins on it, can change a balance: the exchange-wide lock order. Each
-    # entry's balance_after is its account's new balance (one leg per account after netting).
-    sql = """
-        WITH v(id, delta) AS (SELECT * FROM unnest(%s::bigint[], %s::numeric[])),
-        locked AS (SELECT id FROM metering_ledgeraccount WHERE id = ANY(%s::bigint[]) ORDER BY id FOR UPDATE),
+    # Nothing is locked or posted unless `src` yields its row. `locked` takes the row locks in
+    # ascending id order (LockRows above the sort), after src's own locks (it joins src) and
+    # before the UPDATE, which joins on it, changes a balance: the exchange-wide lock order.
+    # Each entry's balance_after is its account's new balance (one leg per account, netted).
+    sql = f"""
+        WITH src AS ({src_sql}),
+        v(id, delta) AS (SELECT * FROM unnest(%s::bigint[], %s::numeric[])),
+        locked AS (
+            SELECT la.id FROM metering_ledgeraccount AS la, src
+            WHERE la.id = ANY(%s::bigint[]) ORDER BY la.id FOR UPDATE OF la
+        ),
         bal AS (
             UPDATE metering_ledgeraccount AS la SET balance = la.balance + v.delta
             FROM v JOIN locked ON locked.id = v.id WHERE la.id = v.id
@@ -246,27 +290,36 @@ def ledger_post_in_transaction(
         ),
         txn AS (
             INSERT INTO metering_ledgertransaction (key, kind, memo, created_at)
-            VALUES (%s, %s, %s, %s) RETURNING id
+            SELECT {key_sql}, %s, {memo_sql}, %s FROM src RETURNING id
         ),
         ent AS (
             INSERT INTO metering_ledgerentry (transaction_id, account_id, amount, balance_after, created_at)
             SELECT txn.id, bal.id, v.delta, bal.balance, %s FROM txn, bal JOIN v ON v.id = bal.id ORDER BY bal.id
         )
-        SELECT (SELECT id FROM txn), bal.id, bal.balance FROM bal
+        SELECT src.id, (SELECT id FROM txn), bal.id, bal.balance,
+            -- Every leg's account must exist: otherwise fail the statement (division by zero),
+            -- which in autocommit is the only way to take back what it wrote.
+            1 / (CASE WHEN (SELECT count(*) FROM bal) = %s THEN 1 ELSE 0 END)
+        FROM src LEFT JOIN bal ON true
     """
+    params = [
+        *src_params, ids, [amt for _, amt in legs_net], ids, *key_params, kind, *memo_params, now, now, len(ids),
+    ]
     try:
         with connection.cursor() as cur:
-            cur.execute(sql, [ids, [amt for _, amt in legs_net], ids, key, kind, memo[:255], now, now])
+            cur.execute(sql, params)
             rows = cur.fetchall()
     except IntegrityError as exc:
         if is_negative_balance(exc):
             raise InsufficientFunds() from None
         raise
-    if len(rows) != len(legs_net):
-        raise LedgerError(f"transaction {key}: unknown ledger account among {ids}")
-    txn = LedgerTransaction(pk=rows[0][0], key=key, kind=kind, memo=memo[:255], created_at=now)
-    txn._state.adding = False
-    return txn, {a: Decimal(b) for _, a, b in rows}
+    except DataError as exc:
+        if sqlstate(exc) == "22012":
+            raise LedgerError(f"unknown ledger account among {ids}") from None
+        raise
+    if not rows:
+        return None, None, {}
+    return rows[0][0], rows[0][1], {a: Decimal(b) for _, _, a, b, _ in rows}
 
 
 def is_negative_balance(exc: BaseException) -> bool:

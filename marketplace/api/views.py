@@ -203,8 +203,13 @@ class OrderListCreate(generics.ListAPIView):
         except services.NotFound as exc:
             raise services.ServiceError(exc.code, exc.message, field="instrument") from None
 
+        idempotency_key = request.headers.get("Idempotency-Key")
+
         def place() -> Response:
             order = services.order_place(
+                # With a key, idempotent() runs this in its own transaction and rolls all of
+                # it back on any exception: the order needs no savepoint of its own.
+                savepoint=idempotency_key is None,
                 account=account,
                 instrument=instrument,
                 side=data["side"],
@@ -220,7 +225,7 @@ class OrderListCreate(generics.ListAPIView):
             order.instrument = instrument
             return Response(OrderSerializer(order).data, status=status.HTTP_201_CREATED)
 
-        return idempotent(key=request.headers.get("Idempotency-Key"), account=account, data=request.data, run=place)
+        return idempotent(key=idempotency_key, account=account, data=request.data, run=place)
 
 
 class OrderDetail(APIView):

@@ -41,23 +41,43 @@ def test_placing_an_order_takes_a_fixed_number_of_queries(buyer, instrument):
     count(place("0.99"))  # warm: the buyer's ledger account ids are remembered with the key's account
     first, second = count(place("1.00")), count(place("1.01", client_order_id="bot-7"))
     # The key, the instrument and the hardware catalog come from per-process caches, the
-    # ledger account ids with the key's account: no query. Then one transaction, with no
-    # instrument-wide lock and no sequence number (the matcher assigns it):
-    #   BEGIN
+    # ledger account ids with the key's account: no query. With no instrument-wide lock and no
+    # sequence number (the matcher assigns it), PostgreSQL gets ONE statement, in autocommit
+    # (a single statement is atomic, so no BEGIN/COMMIT round trips):
     #   INSERT the order ... SELECT FROM the instrument WHERE open FOR KEY SHARE (its foreign-key
     #     lock, taken before the ledger rows: lock order; shared, so placements never wait for
-    #     each other; a duplicate client_order_id is the unique index's refusal)
-    #   the escrow: one statement locking the two ledger rows in id order, updating both
-    #     balances, inserting the ledger transaction and its two entries
-    #   COMMIT
-    # No re-read of the order for the response. SQLite: the escrow is three statements (the
-    # transaction, one UPDATE of both balances, the entries), and a client_order_id is checked
-    # by a query (SQLite serializes writers, so that check cannot race).
+    #     each other; a duplicate client_order_id is the unique index's refusal), and in the
+    #     same statement the escrow: lock the buyer's two ledger rows in id order, update both
+    #     balances, insert the ledger transaction and its two entries.
+    # No re-read of the order for the response. SQLite runs a transaction: BEGIN, the order,
+    # the ledger transaction, one UPDATE of both balances, the entries, COMMIT; and a
+    # client_order_id is checked by a query (SQLite serializes writers, so it cannot race).
     # Pinned exactly, so one more (or one fewer, e.g. a check that went missing) shows up here.
     if connection.vendor == "postgresql":
-        assert first == second == 4, "\n".join(q["sql"][:90] for q in ctx_queries(place("1.02")))
+        assert first == second == 1, "\n".join(q["sql"][:90] for q in ctx_queries(place("1.02")))
     else:
         assert (first, second) == (6, 7), "\n".join(q["sql"][:90] for q in ctx_queries(place("1.02")))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_placing_an_order_with_an_idempotency_key_takes_a_fixed_number_of_queries(buyer, instrument):
+    client = api_client_for(buyer)
+    body = {"instrument": instrument.symbol, "side": "buy", "quantity": 1_000_000, "price": "1.00"}
+    client.post("/api/v1/orders", body, format="json", HTTP_IDEMPOTENCY_KEY="warm")
+
+    def place(key):
+        return lambda: client.post("/api/v1/orders", body, format="json", HTTP_IDEMPOTENCY_KEY=key)
+
+    # BEGIN, the key's advisory lock, the order-and-escrow statement (no savepoint: idempotent()
+    # rolls its whole transaction back on any refusal), the record INSERT ... ON CONFLICT DO
+    # NOTHING (no look-up first: a repeat finds the record there), COMMIT. SQLite: no lock; the
+    # order, ledger transaction, balances and entries are four statements, plus a SAVEPOINT pair
+    # that SQLite's own atomic() takes for the idempotent block's nested order block.
+    queries = count(place("k-1")), count(place("k-2"))
+    expected = 5 if connection.vendor == "postgresql" else 7
+    assert queries == (expected, expected), "\n".join(q["sql"][:90] for q in ctx_queries(place("k-3")))
+    replay = client.post("/api/v1/orders", body, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+    assert replay.status_code == 201 and replay["Idempotent-Replayed"] == "true"
 
 
 def test_reading_a_book_takes_as_many_queries_for_a_full_book_as_for_an_empty_one(instrument, buyer, provider):
