@@ -31,7 +31,7 @@ from metering.ledger import (
     ledger_post_with_new_row,
     participant_ledger_ids,
 )
-from metering.models import LedgerTransaction
+from metering.models import LedgerAccount, LedgerTransaction
 from pricing.dispatch import enqueue_match_on_commit
 
 from . import order_terms
@@ -480,13 +480,17 @@ def order_place(
                     )
             enqueue_match_on_commit(instrument.pk)  # at once in autocommit: the order is committed
     except InsufficientFunds:
-        from metering.selectors import balances_get
-
         order.pk = None
+        # Read after the refusal (the statement that was refused read it under its lock).
+        available = (
+            LedgerAccount.objects.filter(owner=account, kind=LedgerAccount.Kind.AVAILABLE, currency=settings.EXCHANGE_CURRENCY)
+            .values_list("balance", flat=True)
+            .first()
+        )
         raise ServiceError(
             "insufficient_funds",
             f"This order needs {total} {settings.EXCHANGE_CURRENCY} in escrow "
-            f"(quantity x limit + the highest fee); available is {balances_get(account=account)['available']}.",
+            f"(quantity x limit + the highest fee); available is {available}.",
             status=402,
         ) from None
     except IntegrityError as exc:
