@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 DEPTH_LEVELS = 500  # the deepest GET .../book may ask for
 LAST_TRADES = 50
 SNAPSHOT_TTL = 60  # seconds
+TAPE_BUCKET_SECONDS = 10
 
 
 @dataclass(frozen=True)
@@ -114,9 +115,14 @@ def snapshot_build(*, instrument_id: int) -> MarketSnapshot:
 
 class MarketTape:
     """The trade side of a snapshot kept in memory by the matcher beside its resident book: the
-    last LAST_TRADES trades and the volume of each trading moment of the past 24 hours, so a
-    publication after a batch needs no query over the trades table. Loaded from the table once
-    (two indexed queries), then fed with each committed batch's trades."""
+    last LAST_TRADES trades and the volume of the past 24 hours, so a publication after a batch
+    needs no query over the trades table. Loaded from the table once (two indexed queries),
+    then fed with each committed batch's trades.
+
+    The volume is kept in TAPE_BUCKET_SECONDS buckets (a day of 10-second buckets per busy
+    instrument, not one entry per batch); a bucket leaves the window when its newest trade is
+    24 hours old, so the figure may include up to one bucket of older trades, well inside the
+    SNAPSHOT_TTL a published snapshot may be old anyway."""
 
     def __init__(self, *, instrument_id: int) -> None:
         now = timezone.now()
@@ -132,32 +138,38 @@ class MarketTape:
             ),
             maxlen=LAST_TRADES,
         )  # oldest first
-        # (executed_at, quantity) in time order: a batch's trades share one executed_at.
-        self.moments: deque[tuple[dt.datetime, int]] = deque(
+        # [bucket number, newest executed_at, quantity], oldest first.
+        self.buckets: deque[list] = deque()
+        self.volume = 0
+        moments = (
             trades.filter(executed_at__gte=now - dt.timedelta(hours=24))
             .values("executed_at")
             .annotate(q=Sum("quantity"))
             .order_by("executed_at")
             .values_list("executed_at", "q")
         )
-        self.volume = sum(q for _, q in self.moments)
+        for at, q in moments:
+            self._add(at, int(q))
+
+    def _add(self, at: dt.datetime, quantity: int) -> None:
+        bucket = int(at.timestamp()) // TAPE_BUCKET_SECONDS
+        if self.buckets and self.buckets[-1][0] == bucket:
+            last = self.buckets[-1]
+            last[1], last[2] = max(last[1], at), last[2] + quantity
+        else:
+            self.buckets.append([bucket, at, quantity])
+        self.volume += quantity
 
     def add(self, trades: list[SnapshotTrade]) -> None:
-        """Trades of one committed batch, in match sequence order."""
-        if not trades:
-            return
-        self.trades.extend(trades)
-        if self.moments and self.moments[-1][0] == trades[0].executed_at:
-            at, q = self.moments.pop()
-            self.moments.append((at, q + sum(t.quantity for t in trades)))
-        else:
-            self.moments.append((trades[0].executed_at, sum(t.quantity for t in trades)))
-        self.volume += sum(t.quantity for t in trades)
+        """Trades of one committed batch, in match sequence order (they share one executed_at)."""
+        if trades:
+            self.trades.extend(trades)
+            self._add(trades[0].executed_at, sum(t.quantity for t in trades))
 
     def volume_24h(self, now: dt.datetime) -> int:
         cutoff = now - dt.timedelta(hours=24)
-        while self.moments and self.moments[0][0] < cutoff:
-            self.volume -= self.moments.popleft()[1]
+        while self.buckets and self.buckets[0][1] < cutoff:
+            self.volume -= self.buckets.popleft()[2]
         return self.volume
 
 

@@ -73,8 +73,11 @@ def book_order(row: dict, hw: dict[int, str]) -> engine.BookOrder:
         remaining=row["quantity"] - row["filled_quantity"],
         tif=row["time_in_force"],
         hardware=hw[row["hardware_id"]] if row["hardware_id"] else None,
-        allowed=frozenset(row["allowed_hardware"] or ()),
+        allowed=frozenset(allowed) if (allowed := row["allowed_hardware"]) else _ANY_HARDWARE,
     )
+
+
+_ANY_HARDWARE: frozenset[str] = frozenset()
 
 
 def order_rows(qs: QuerySet[Order]) -> list[dict]:

@@ -107,6 +107,12 @@ def instrument_match(*, instrument_id: int, max_batches: int = 50) -> MatchRepor
         report.processed += processed
         report.trades += trades
         report.batches += 1
+        if processed < settings.MATCH_BATCH_SIZE:
+            # Neither the cancels nor the orders filled a batch: everything committed before this
+            # batch read them is applied, and whatever committed since queued its own task
+            # (dispatch.enqueue_match after commit; the sweep if that was lost). Looking again
+            # would cost a locked, empty transaction per task.
+            return report
     report.more_pending = instrument_has_commands(instrument_id=instrument_id)
     return report
 

@@ -119,3 +119,27 @@ def test_the_matcher_publishes_from_its_resident_book_without_aggregating(django
     snap = snapshot_get(instrument_id=inst.pk)
     assert snap.volume_24h == 4 * inst.lot_size and len(snap.trades) == 3
     assert snap.best_bid == Decimal("1.00") and snap.best_ask == Decimal("1.25")
+
+
+def test_the_tape_volume_rolls_off_after_24_hours():
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from marketplace.market_snapshot import MarketTape, SnapshotTrade
+
+    factories.seed_catalog()
+    inst = factories.open_instrument()
+    tape = MarketTape(instrument_id=inst.pk)
+    now = timezone.now()
+
+    def batch(at, *quantities):
+        tape.add([SnapshotTrade(Decimal("1.00"), q, "h100", "buy", i, at) for i, q in enumerate(quantities)])
+
+    batch(now - dt.timedelta(hours=25), 7)
+    batch(now - dt.timedelta(hours=2), 3, 4)
+    batch(now - dt.timedelta(hours=2) + dt.timedelta(microseconds=1), 5)  # same bucket
+    batch(now, 1)
+    assert tape.volume_24h(now) == 13
+    assert tape.volume_24h(now + dt.timedelta(hours=23)) == 1
+    assert [t.quantity for t in tape.trades] == [7, 3, 4, 5, 1]
