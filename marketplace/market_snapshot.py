@@ -138,6 +138,9 @@ class MarketTape:
             ),
             maxlen=LAST_TRADES,
         )  # oldest first
+        # The match sequence of the newest trade the tape holds (InstrumentBook.last_trade_sequence
+        # when it is current).
+        self.last_sequence = self.trades[-1].match_sequence if self.trades else 0
         # [bucket number, newest executed_at, quantity], oldest first.
         self.buckets: deque[list] = deque()
         self.volume = 0
@@ -164,6 +167,7 @@ class MarketTape:
         """Trades of one committed batch, in match sequence order (they share one executed_at)."""
         if trades:
             self.trades.extend(trades)
+            self.last_sequence = trades[-1].match_sequence
             self._add(trades[0].executed_at, sum(t.quantity for t in trades))
 
     def volume_24h(self, now: dt.datetime) -> int:

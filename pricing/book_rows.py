@@ -153,9 +153,11 @@ OrderUpdate = tuple[int, int, str, str, bool, int | None, int | None]
 
 
 def orders_update(updates: list[OrderUpdate], now: dt.datetime) -> None:
-    """Write order changes in one statement."""
+    """Write order changes in one statement, in id order (one lock order for every writer of
+    orders, and neighbouring rows together on the heap)."""
     if not updates:
         return
+    updates = sorted(updates, key=lambda u: u[0])
     if connection.vendor == "postgresql":
         with connection.cursor() as cur:
             cur.execute(

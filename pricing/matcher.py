@@ -137,7 +137,12 @@ def _resident_book(*, book_row: InstrumentBook, hw: dict[int, str]) -> ResidentB
     resident_stats["loaded"] += 1
     rows = book_rows.resting_rows(instrument_id=book_row.instrument_id)
     book = engine.OrderBook(book_rows.book_order(r, hw) for r in rows)
-    return ResidentBook(book_row.version, book_row.last_matched_sequence, book, {r["id"]: r for r in rows})
+    # The trade tape survives a change that made no trade (a cancel, halt or expiry outside the
+    # matcher); a trade written elsewhere (another worker, the auction) moved the trade sequence.
+    tape = resident.tape if resident is not None else None
+    if tape is not None and tape.last_sequence != book_row.last_trade_sequence:
+        tape = None
+    return ResidentBook(book_row.version, book_row.last_matched_sequence, book, {r["id"]: r for r in rows}, tape)
 
 
 def match_locked(*, book_row: InstrumentBook, batch_size: int | None = None) -> tuple[int, int]:
