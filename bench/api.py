@@ -44,7 +44,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR))
-DB_NAME = "ciyuan_bench_api"
+DB_NAME = os.environ.get("BENCH_API_DATABASE", "ciyuan_bench_api")  # parallel runs each need their own
 SCENARIOS = ["ceiling-get", "ceiling-insert", "book", "orders", "usage"]
 CEILING_OF = {"book": "ceiling-get", "orders": "ceiling-insert", "usage": "ceiling-insert"}
 WRK_DIR = BASE_DIR / "bench" / "wrk"

@@ -299,13 +299,19 @@ def check_transition(current: str, new: str) -> None:
 class Order(models.Model):
     """An order is never deleted; its status only moves along ORDER_TRANSITIONS."""
 
-    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="orders")
-    instrument = models.ForeignKey(Instrument, on_delete=models.PROTECT, related_name="orders")
+    # No single-column indexes on the foreign keys: (account, -id) and the unique (instrument,
+    # sequence) lead with them, and every index is rewritten by each matcher update of an order
+    # (status, sequence and pending_match change, so no update is HOT). Hardware is looked up
+    # by order only when a hardware type is deleted (PROTECT), which may scan.
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="orders", db_index=False)
+    instrument = models.ForeignKey(Instrument, on_delete=models.PROTECT, related_name="orders", db_index=False)
     side = models.CharField(max_length=4, choices=Side.choices)
     quantity = models.PositiveBigIntegerField()
     price = models.DecimalField(max_digits=14, decimal_places=4)
     time_in_force = models.CharField(max_length=16, choices=TimeInForce.choices, default=TimeInForce.GTC)
-    hardware = models.ForeignKey(Hardware, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    hardware = models.ForeignKey(
+        Hardware, null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_index=False
+    )
     # Buy orders: hardware codes the buyer accepts, sorted; empty means any.
     allowed_hardware = models.JSONField(default=list, blank=True)
     client_order_id = models.CharField(max_length=64, null=True, blank=True)
@@ -379,12 +385,14 @@ class Order(models.Model):
 class Trade(models.Model):
     """A fill, and the delivery contract between buyer and provider it creates."""
 
-    instrument = models.ForeignKey(Instrument, on_delete=models.PROTECT, related_name="trades")
+    # As on Order: instrument, buyer and seller are the leading columns of the indexes below,
+    # so they get no single-column index of their own (each costs every trade insert).
+    instrument = models.ForeignKey(Instrument, on_delete=models.PROTECT, related_name="trades", db_index=False)
     buy_order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="buy_trades")
     sell_order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="sell_trades")
-    buyer = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="buy_trades")
-    seller = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="sell_trades")
-    hardware = models.ForeignKey(Hardware, on_delete=models.PROTECT, related_name="+")
+    buyer = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="buy_trades", db_index=False)
+    seller = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="sell_trades", db_index=False)
+    hardware = models.ForeignKey(Hardware, on_delete=models.PROTECT, related_name="+", db_index=False)
     quantity = models.PositiveBigIntegerField()
     price = models.DecimalField(max_digits=14, decimal_places=4)
     aggressor_side = models.CharField(max_length=4, choices=Side.choices)

@@ -73,8 +73,11 @@ def book_order(row: dict, hw: dict[int, str]) -> engine.BookOrder:
         remaining=row["quantity"] - row["filled_quantity"],
         tif=row["time_in_force"],
         hardware=hw[row["hardware_id"]] if row["hardware_id"] else None,
-        allowed=frozenset(row["allowed_hardware"] or ()),
+        allowed=frozenset(allowed) if (allowed := row["allowed_hardware"]) else _ANY_HARDWARE,
     )
+
+
+_ANY_HARDWARE: frozenset[str] = frozenset()
 
 
 def order_rows(qs: QuerySet[Order]) -> list[dict]:
@@ -108,17 +111,15 @@ def resting_rows(*, instrument_id: int) -> list[dict]:
 
 def pg_array(values: list) -> str:
     """A PostgreSQL array literal of numbers, plain words or None (NULL). Words must not need
-    escaping."""
-    out = []
-    for v in values:
-        if v is None:
-            out.append("NULL")
-        elif isinstance(v, str):
-            assert '"' not in v and "\\" not in v, v
-            out.append(f'"{v}"')
-        else:
-            out.append(str(v))
-    return "{" + ",".join(out) + "}"
+    escaping. Columns are homogeneous, so the kind is read from the first value that is not
+    None and the whole column is joined in one pass (this runs for every column of every batch)."""
+    first = next((v for v in values if v is not None), None)
+    if isinstance(first, str):
+        assert not any('"' in w or "\\" in w for w in set(values) if w is not None), values
+        return "{" + ",".join(["NULL" if v is None else f'"{v}"' for v in values]) + "}"
+    if first is None or None in values:
+        return "{" + ",".join(["NULL" if v is None else str(v) for v in values]) + "}"
+    return "{" + ",".join(map(str, values)) + "}"
 
 
 def trades_insert(*, instrument_id: int, trades: list[tuple], now: dt.datetime) -> None:
@@ -152,9 +153,11 @@ OrderUpdate = tuple[int, int, str, str, bool, int | None, int | None]
 
 
 def orders_update(updates: list[OrderUpdate], now: dt.datetime) -> None:
-    """Write order changes in one statement."""
+    """Write order changes in one statement, in id order (one lock order for every writer of
+    orders, and neighbouring rows together on the heap)."""
     if not updates:
         return
+    updates = sorted(updates, key=lambda u: u[0])
     if connection.vendor == "postgresql":
         with connection.cursor() as cur:
             cur.execute(
@@ -166,7 +169,7 @@ def orders_update(updates: list[OrderUpdate], now: dt.datetime) -> None:
                 [
                     now,
                     *(pg_array([u[i] for u in updates]) for i in range(4)),
-                    pg_array([str(u[4]).lower() for u in updates]),
+                    pg_array(["true" if u[4] else "false" for u in updates]),
                     pg_array([u[5] for u in updates]),
                     pg_array([u[6] for u in updates]),
                 ],

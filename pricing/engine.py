@@ -97,6 +97,14 @@ class Fill(NamedTuple):
 
 
 @dataclass(slots=True)
+class DepthLevel:
+    price: Decimal
+    quantity: int
+    orders: int
+    by_hardware: dict[str, int]
+
+
+@dataclass(slots=True)
 class Result:
     order: BookOrder
     outcome: str
@@ -195,6 +203,30 @@ class OrderBook:
     def best_ask(self) -> Decimal | None:
         heads = [h for h in (q.head() for q in self.asks.values()) if h is not None]
         return min(h.price for h in heads) if heads else None
+
+    def depth(self, levels: int) -> tuple[list[DepthLevel], list[DepthLevel]]:
+        """(bids, asks) aggregated by price across queues, best first, at most `levels` each;
+        asks also by hardware. One pass over the resting orders."""
+
+        def side(queues: Iterable[tuple[str | None, _Queue]]) -> list[DepthLevel]:
+            agg: dict[int, DepthLevel] = {}
+            for hw, q in queues:
+                for k, level in q.levels.items():
+                    if not level:
+                        continue
+                    qty = 0
+                    for o in level:
+                        qty += o.remaining
+                    lv = agg.get(k)
+                    if lv is None:
+                        lv = agg[k] = DepthLevel(level[0].price, 0, 0, {})
+                    lv.quantity += qty
+                    lv.orders += len(level)
+                    if hw is not None:
+                        lv.by_hardware[hw] = lv.by_hardware.get(hw, 0) + qty
+            return [agg[k] for k in sorted(agg)[:levels]]
+
+        return side((None, q) for q in self.bids.values()), side(self.asks.items())
 
     def _eligible_queues(self, taker: BookOrder) -> list[_Queue]:
         if taker.side == BUY:

@@ -91,3 +91,55 @@ def test_a_missing_snapshot_is_rebuilt_by_the_reader():
     instrument_match(instrument_id=inst.pk)
     cache.clear()  # Redis restarted, or a publish was lost
     assert snapshot_get(instrument_id=inst.pk).best_ask == Decimal("1.40")
+
+
+def test_the_matcher_publishes_from_its_resident_book_without_aggregating(django_assert_num_queries):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    factories.seed_catalog()
+    inst = factories.open_instrument()
+    buyer = factories.AccountFactory(is_buyer=True, is_provider=False)
+    factories.fund(buyer, Decimal("100000.00"))
+    provider = factories.AccountFactory(is_buyer=False, is_provider=True)
+    factories.place(provider, inst, "sell", 3, "1.20")
+    factories.place(provider, inst, "sell", 2, "1.25", hardware="h200")
+    factories.place(buyer, inst, "buy", 1, "1.00")
+    instrument_match(instrument_id=inst.pk)  # loads the resident book and its trade tape
+
+    # Later batches reuse both: the snapshot is built in memory, and still equals a fresh
+    # aggregation, trades and 24-hour volume included.
+    for lots, price in ((1, "1.20"), (3, "1.25"), (1, "0.90")):
+        factories.place(buyer, inst, "buy", lots, price)
+        with CaptureQueriesContext(connection) as ctx:
+            instrument_match(instrument_id=inst.pk)
+        assert not [q["sql"] for q in ctx.captured_queries if "GROUP BY" in q["sql"]]
+        assert not [q["sql"] for q in ctx.captured_queries if 'FROM "marketplace_trade"' in q["sql"]]
+        _assert_published_equals_fresh(inst.pk, django_assert_num_queries)
+    snap = snapshot_get(instrument_id=inst.pk)
+    assert snap.volume_24h == 4 * inst.lot_size and len(snap.trades) == 3
+    assert snap.best_bid == Decimal("1.00") and snap.best_ask == Decimal("1.25")
+
+
+def test_the_tape_volume_rolls_off_after_24_hours():
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from marketplace.market_snapshot import MarketTape, SnapshotTrade
+
+    factories.seed_catalog()
+    inst = factories.open_instrument()
+    tape = MarketTape(instrument_id=inst.pk)
+    now = timezone.now()
+
+    def batch(at, *quantities):
+        tape.add([SnapshotTrade(Decimal("1.00"), q, "h100", "buy", i, at) for i, q in enumerate(quantities)])
+
+    batch(now - dt.timedelta(hours=25), 7)
+    batch(now - dt.timedelta(hours=2), 3, 4)
+    batch(now - dt.timedelta(hours=2) + dt.timedelta(microseconds=1), 5)  # same bucket
+    batch(now, 1)
+    assert tape.volume_24h(now) == 13
+    assert tape.volume_24h(now + dt.timedelta(hours=23)) == 1
+    assert [t.quantity for t in tape.trades] == [7, 3, 4, 5, 1]
