@@ -64,7 +64,8 @@ def ledger_accounts_ensure(*, account: Account) -> dict[str, LedgerAccount]:
 
 
 def system_account(kind: str) -> LedgerAccount:
-    assert kind in LedgerAccount.SYSTEM_KINDS
+    if kind not in LedgerAccount.SYSTEM_KINDS:
+        raise LedgerError(f"{kind!r} is not a system ledger account")
     acct, _ = LedgerAccount.objects.get_or_create(
         owner=None, kind=kind, currency=currency(), defaults={"is_system": True}
     )

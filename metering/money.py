@@ -128,17 +128,20 @@ def fees_running(lines: list[FeeLine]) -> dict[object, tuple[Decimal, Decimal]]:
     `lines` are all the contracts of one instrument, oldest first (match sequence). Fees accrue
     unrounded (exact value x the trade's frozen bps); for each account and role (buyer,
     seller) the running total of its exact fees is rounded half-even, and each contract is
-    charged what that rounded total rose by, plus anything an earlier contract could not hold.
-    A contract is never charged more than its escrow leaves after its value (buyer) or than its
-    value (seller); what it cannot hold stays due on the account's next contract there. So an
-    account pays round(sum of its exact fees) on an instrument however its trades were split
-    into fills (less only a due that no later contract can hold), and the result is a function
-    of the instrument's final contracts and usage alone: any chunking, any re-run, any worker
-    computes the same cents.
+    charged what that rounded total rose by. A contract is never charged more than its escrow
+    leaves after its value (buyer) or than its value (seller): what one cannot hold is charged
+    on the account's next contracts there, and what is still due after the last goes on its
+    earlier contracts that have room left, oldest first. So an account pays round(sum of its
+    exact fees) on an instrument however its trades were split into fills, as long as its
+    contracts can hold it (they can: a buy reserves the highest fee on its whole quantity).
+    The result is a function of the instrument's final contracts and usage alone: any chunking,
+    any re-run, any worker computes the same cents.
     """
     exact: dict[tuple[str, int], Decimal] = {}
     charged: dict[tuple[str, int], Decimal] = {}
-    out: dict[object, tuple[Decimal, Decimal]] = {}
+    room_left: dict[tuple[str, object], Decimal] = {}
+    mine: dict[tuple[str, int], list[object]] = {}
+    out: dict[object, list[Decimal]] = {}
     for line in lines:
         fees = []
         for role, account, bps, room in (
@@ -150,6 +153,16 @@ def fees_running(lines: list[FeeLine]) -> dict[object, tuple[Decimal, Decimal]]:
             due = round_charge(exact[k]) - charged.get(k, ZERO)
             fee_cents = min(max(due, ZERO), max(room, ZERO))
             charged[k] = charged.get(k, ZERO) + fee_cents
+            room_left[(role, line.key)] = max(room, ZERO) - fee_cents
+            mine.setdefault(k, []).append(line.key)
             fees.append(fee_cents)
-        out[line.key] = (fees[0], fees[1])
-    return out
+        out[line.key] = fees
+    for k, keys in mine.items():
+        due = round_charge(exact[k]) - charged[k]
+        for key in keys:
+            if due <= 0:
+                break
+            add = min(due, room_left[(k[0], key)])
+            out[key][0 if k[0] == "buyer" else 1] += add
+            due -= add
+    return {key: (fees[0], fees[1]) for key, fees in out.items()}

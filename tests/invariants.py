@@ -110,19 +110,31 @@ def running_fees(lines: list[tuple]) -> dict[int, tuple[Decimal, Decimal]]:
     `lines`: (trade id, buyer, seller, exact value, charged value, escrow, buyer bps, seller bps).
     Per account and role, exact fees are summed and the sum rounded half-even; a contract pays
     what the rounded sum rose by plus what earlier ones could not hold, at most its escrow less
-    its value (buyer) or its value (seller)."""
+    its value (buyer) or its value (seller); what is due after the account's last contract goes
+    on its contracts with room left, oldest first."""
     exact: dict[tuple, Decimal] = defaultdict(Decimal)
     charged: dict[tuple, Decimal] = defaultdict(Decimal)
-    out = {}
+    left: dict[tuple, Decimal] = {}
+    order: dict[tuple, list[int]] = defaultdict(list)
+    out: dict[int, list[Decimal]] = {}
     for pk, buyer, seller, exact_value, value, escrow, b_bps, s_bps in lines:
-        fees = []
-        for key, bps, room in ((("b", buyer), b_bps, escrow - value), (("s", seller), s_bps, value)):
+        out[pk] = []
+        for i, (key, bps, room) in enumerate(((("b", buyer), b_bps, escrow - value), (("s", seller), s_bps, value))):
             exact[key] += exact_value * bps / BPS
             fee = min(max(_half_even_cent(exact[key]) - charged[key], ZERO), max(room, ZERO))
             charged[key] += fee
-            fees.append(fee)
-        out[pk] = (fees[0], fees[1])
-    return out
+            left[(i, pk)] = max(room, ZERO) - fee
+            order[key].append(pk)
+            out[pk].append(fee)
+    for key, pks in order.items():
+        i = 0 if key[0] == "b" else 1
+        due = _half_even_cent(exact[key]) - charged[key]
+        for pk in pks:
+            add = min(due, left[(i, pk)])
+            if add > 0:
+                out[pk][i] += add
+                due -= add
+    return {pk: (fees[0], fees[1]) for pk, fees in out.items()}
 
 
 def billable_tokens(*, prompt: int, cached: int, completion: int, terms: Trade) -> int:
