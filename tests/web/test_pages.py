@@ -302,7 +302,7 @@ def test_insufficient_funds_says_how_to_get_a_deposit(instrument, catalog):
     response = _order_post(client, instrument, quantity_mtok="100", price="5.00")
     assert response.status_code == 400
     errors = response.context["form"].non_field_errors()
-    assert any("needs 501.00 CNY in escrow" in e for e in errors)
+    assert any("needs 500.50 CNY in escrow" in e for e in errors)  # 500.00 + 10 bps, rounded up once
     assert any("deposit" in e for e in errors)
     assert not Order.objects.filter(account=poor).exists()
 
