@@ -136,8 +136,8 @@ def bench_database(n: int) -> None:
     for o in orders:
         reserve = Decimal(0)
         if o.side == "buy":
-            reserve = money.reserve_per_lot(lot_size=inst.lot_size, price=o.price, max_fee_bps=max_fee_bps())
-            reserve_total[accounts[o.account_id].pk] += reserve * (o.quantity // inst.lot_size)
+            reserve = money.reserve(quantity=o.quantity, price=o.price, max_fee_bps=max_fee_bps())
+            reserve_total[accounts[o.account_id].pk] += reserve
         rows.append(
             Order(
                 account=accounts[o.account_id],
@@ -150,7 +150,9 @@ def bench_database(n: int) -> None:
                 # Collected, not yet sequenced: the clear numbers those it fills, in id order
                 # (bulk_create keeps the list's order, which is the stream's).
                 sequence=None,
-                reserve_per_lot=reserve,
+                allowed_hardware_ids=sorted(hw_ids[c] for c in o.allowed),
+                maker_fee_bps=money.fee_bps(maker=True),
+                taker_fee_bps=money.fee_bps(maker=False),
             )
         )
     with transaction.atomic():
@@ -183,7 +185,8 @@ def bench_database(n: int) -> None:
                 "allowed_hardware",
                 "time_in_force",
                 "pending_match",
-                "reserve_per_lot",
+                "maker_fee_bps",
+                "taker_fee_bps",
                 "status",
             )
         )

@@ -225,19 +225,19 @@ def setup_database(book_specs: list[dict], flow: list[dict]):
             funds_deposit(account=a, amount=Decimal("1000000000.00"), reason="bench funding")
     hw_ids = dict(Hardware.objects.values_list("code", "id"))
     fee = max_fee_bps()
-    reserve_cache: dict[Decimal, Decimal] = {}
+    reserve_cache: dict[tuple[Decimal, int], Decimal] = {}
 
-    def reserve(price: Decimal) -> Decimal:
-        if price not in reserve_cache:
-            reserve_cache[price] = money.reserve_per_lot(lot_size=LOT, price=price, max_fee_bps=fee)
-        return reserve_cache[price]
+    def reserve(price: Decimal, lots: int) -> Decimal:
+        if (price, lots) not in reserve_cache:
+            reserve_cache[(price, lots)] = money.reserve(quantity=lots * LOT, price=price, max_fee_bps=fee)
+        return reserve_cache[(price, lots)]
 
     escrow: dict[int, Decimal] = defaultdict(Decimal)
     rows = []
     for seq, s in enumerate(book_specs + flow, start=1):
         acct = accounts[s["account"]]
-        r = reserve(s["price"]) if s["side"] == "buy" else Decimal("0")
-        escrow[acct.pk] += r * s["lots"]
+        r = reserve(s["price"], s["lots"]) if s["side"] == "buy" else Decimal("0")
+        escrow[acct.pk] += r
         rows.append(
             Order(
                 account_id=acct.pk,
@@ -252,7 +252,9 @@ def setup_database(book_specs: list[dict], flow: list[dict]):
                 # The stream has no sequence yet: the matcher gives one in id order.
                 sequence=seq if seq <= len(book_specs) else None,
                 pending_match=seq > len(book_specs),
-                reserve_per_lot=r,
+                allowed_hardware_ids=sorted(hw_ids[c] for c in s["allowed"]),
+                maker_fee_bps=money.fee_bps(maker=True),
+                taker_fee_bps=money.fee_bps(maker=False),
             )
         )
     with transaction.atomic():

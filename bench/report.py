@@ -154,6 +154,7 @@ def load(args: argparse.Namespace) -> None:
         InstrumentBook.objects.bulk_create([InstrumentBook(instrument=i) for i in instruments])
         inst_info = [(i.pk, i.tier_id, i.delivery_start) for i in instruments]
         n_inst = len(instruments)
+        inst_tier = {pk: tier_id for pk, tier_id, _ in inst_info}
 
         # Contract i: instrument i % n, and a (buyer, provider) pair unique within it.
         contracts = []
@@ -190,7 +191,12 @@ def load(args: argparse.Namespace) -> None:
             "filled_quantity",
             "sequence",
             "pending_match",
-            "reserve_per_lot",
+            "allowed_hardware_ids",
+            "maker_fee_bps",
+            "taker_fee_bps",
+            "unused_capacity_share",
+            "output_token_weight",
+            "cached_input_weight",
             "below_energy_floor",
             "status_reason",
             "created_at",
@@ -212,7 +218,12 @@ def load(args: argparse.Namespace) -> None:
                     qty,
                     2 * cid - 1,
                     False,
-                    Decimal("0"),
+                    "[]",
+                    5,
+                    10,
+                    share[inst_tier[inst_id]],
+                    Decimal("1"),
+                    Decimal("1"),
                     False,
                     "",
                     executed,
@@ -230,7 +241,12 @@ def load(args: argparse.Namespace) -> None:
                     qty,
                     2 * cid,
                     False,
-                    Decimal("0"),
+                    "[]",
+                    5,
+                    10,
+                    share[inst_tier[inst_id]],
+                    Decimal("1"),
+                    Decimal("1"),
                     False,
                     "",
                     executed,
@@ -253,13 +269,17 @@ def load(args: argparse.Namespace) -> None:
             "buyer_fee_bps",
             "seller_fee_bps",
             "buyer_escrow",
+            "unused_capacity_share",
+            "output_token_weight",
+            "cached_input_weight",
             "executed_at",
         ]
         copy_rows(
             Trade,
             trade_cols,
             (
-                (c[0], c[1], 2 * c[0] - 1, 2 * c[0], c[3], c[4], h100, c[5], c[6], "buy", c[0], 10, 5, c[9], executed)
+                (c[0], c[1], 2 * c[0] - 1, 2 * c[0], c[3], c[4], h100, c[5], c[6], "buy", c[0], 10, 5, c[9],
+                 share[inst_tier[c[1]]], Decimal("1"), Decimal("1"), executed)
                 for c in contracts
             ),
             len(contracts),

@@ -109,7 +109,7 @@ def main() -> None:
         qty = rng.randint(1, 20) * inst.lot_size
         price = Decimal(rng.randint(50, 400)) / 100
         buyer_maker = rng.random() < 0.5
-        escrow = money.contract_escrow(quantity=qty, price=price, fee_bps=fee[buyer_maker])
+        escrow = money.contract_need(quantity=qty, price=price, fee_bps=fee[buyer_maker])
         escrow_by_buyer[b.pk] = escrow_by_buyer.get(b.pk, Decimal(0)) + escrow
         trades.append(Trade(
             instrument=inst, buy_order_id=orders[(inst.pk, "buy", b.pk)], sell_order_id=orders[(inst.pk, "sell", p.pk)],

@@ -15,6 +15,8 @@ import copy
 import datetime as dt
 from dataclasses import dataclass, field
 
+from django.db.models import OuterRef, QuerySet, Subquery
+
 from .cache_generation import (
     CATALOG,
     caching_allowed,
@@ -23,6 +25,38 @@ from .cache_generation import (
     generation_published,
 )
 from .models import Hardware, Instrument, Region, Tier
+
+NO_GATE = object()  # an Instrument not loaded through instruments_with_gate
+
+
+def instruments_with_gate(qs: QuerySet[Instrument]) -> QuerySet[Instrument]:
+    """Instruments annotated with `auction_gate_at`: the gate closure of their collecting
+    day-ahead auction, or None. Opening and clearing an auction bump the catalog generation,
+    so a cached instrument's gate is as current as the rest of the catalog."""
+    from pricing.models import CallAuction
+
+    return qs.annotate(
+        auction_gate_at=Subquery(
+            CallAuction.objects.filter(instrument=OuterRef("pk"), status=CallAuction.Status.COLLECTING).values(
+                "gate_closure_at"
+            )[:1]
+        )
+    )
+
+
+def instrument_auction_gate(instrument: Instrument) -> dt.datetime | None:
+    """The gate closure of the instrument's collecting auction, or None; no query when the
+    instrument came from the catalog (or instruments_with_gate)."""
+    gate = getattr(instrument, "auction_gate_at", NO_GATE)
+    if gate is NO_GATE:
+        from pricing.models import CallAuction
+
+        gate = (
+            CallAuction.objects.filter(instrument_id=instrument.pk, status=CallAuction.Status.COLLECTING)
+            .values_list("gate_closure_at", flat=True)
+            .first()
+        )
+    return gate
 
 
 @dataclass
@@ -49,7 +83,7 @@ def _load(generation: int) -> _Catalog:
     cat.tiers = list(Tier.objects.all())
     cat.regions = list(Region.objects.all())
     cat.hardware = list(Hardware.objects.prefetch_related("throughputs__tier"))
-    trading = Instrument.objects.select_related("tier", "region").filter(
+    trading = instruments_with_gate(Instrument.objects.select_related("tier", "region")).filter(
         status__in=(Instrument.Status.OPEN, Instrument.Status.HALTED)
     )
     cat.instruments = {(i.tier.code, i.region.code, i.delivery_date): i for i in trading}

@@ -312,8 +312,11 @@ class Order(models.Model):
     hardware = models.ForeignKey(
         Hardware, null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_index=False
     )
-    # Buy orders: hardware codes the buyer accepts, sorted; empty means any.
+    # Buy orders: hardware codes the buyer accepts, sorted, as entered; empty means any.
     allowed_hardware = models.JSONField(default=list, blank=True)
+    # The same set by Hardware id, frozen at placement: what matching uses, so renaming a
+    # hardware code never changes which sells a resting buy accepts.
+    allowed_hardware_ids = models.JSONField(default=list, blank=True)
     client_order_id = models.CharField(max_length=64, null=True, blank=True)
     status = models.CharField(max_length=20, choices=OrderStatus.choices, default=OrderStatus.OPEN)
     filled_quantity = models.PositiveBigIntegerField(default=0)
@@ -324,8 +327,14 @@ class Order(models.Model):
     pending_match = models.BooleanField(default=True)
     # A cancel command: recorded by order_cancel, applied in sequence by the matcher.
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
-    # Buys: money reserved per lot still open (limit notional + the highest fee, rounded up).
-    reserve_per_lot = models.DecimalField(max_digits=20, decimal_places=2, default=Decimal("0"))
+    # Terms frozen at placement (PRODUCT.md §3; README "Frozen terms"): edits of the fee
+    # settings or of the tier apply to orders placed after them. A buy holds in escrow
+    # metering.money.order_escrow_open(quantity, filled, price, max(maker, taker)).
+    maker_fee_bps = models.PositiveIntegerField(default=0)
+    taker_fee_bps = models.PositiveIntegerField(default=0)
+    unused_capacity_share = models.DecimalField(max_digits=5, decimal_places=4, default=Decimal("0"))
+    output_token_weight = models.DecimalField(max_digits=8, decimal_places=4, default=Decimal("1"))
+    cached_input_weight = models.DecimalField(max_digits=8, decimal_places=4, default=Decimal("1"))
     below_energy_floor = models.BooleanField(default=False)
     status_reason = models.CharField(max_length=64, blank=True)
     # For replay: the match sequence number of the cancel command that cancelled this order;
@@ -381,6 +390,11 @@ class Order(models.Model):
     def is_live(self) -> bool:
         return self.status in LIVE_STATUSES
 
+    @property
+    def max_fee_bps(self) -> int:
+        """The highest fee this order can pay: what its reservation covers."""
+        return max(self.maker_fee_bps, self.taker_fee_bps)
+
 
 class Trade(models.Model):
     """A fill, and the delivery contract between buyer and provider it creates."""
@@ -403,6 +417,10 @@ class Trade(models.Model):
     seller_fee_bps = models.PositiveIntegerField(default=0)
     # Money the buyer's escrow holds for this contract until settlement.
     buyer_escrow = models.DecimalField(max_digits=20, decimal_places=2, default=Decimal("0"))
+    # The tier's terms, frozen from the resting (maker) order: settlement and usage use these.
+    unused_capacity_share = models.DecimalField(max_digits=5, decimal_places=4, default=Decimal("0"))
+    output_token_weight = models.DecimalField(max_digits=8, decimal_places=4, default=Decimal("1"))
+    cached_input_weight = models.DecimalField(max_digits=8, decimal_places=4, default=Decimal("1"))
     executed_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

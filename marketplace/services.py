@@ -36,7 +36,7 @@ from pricing.dispatch import enqueue_match_on_commit
 
 from . import order_terms
 from .cache_generation import API_KEYS, CATALOG, generation_bump
-from .catalog_cache import catalog_hardware_ids, catalog_instrument
+from .catalog_cache import catalog_hardware_ids, catalog_instrument, instrument_auction_gate, instruments_with_gate
 from .db_errors import constraint_name
 from .errors import NotFound, ServiceError
 from .market_snapshot import snapshot_publish_on_commit
@@ -198,7 +198,7 @@ def instrument_get(*, symbol: str) -> Instrument:
     if inst is not None:
         return inst
     inst = (
-        Instrument.objects.select_related("tier", "region", "book")
+        instruments_with_gate(Instrument.objects.select_related("tier", "region", "book"))
         .filter(tier__code=tier, region__code=region, delivery_date=day)
         .first()
     )
@@ -290,7 +290,23 @@ def instrument_set_status(*, instrument: Instrument, status: str) -> Instrument:
 
 # --- orders -----------------------------------------------------------------------------
 
+AUCTION_GATE_CLOSED = "auction_gate_closed"
 
+
+def auction_gate_check(*, instrument: Instrument, now: dt.datetime, action: str) -> None:
+    """Refuse `action` ("orders" or "cancels") with 409 auction_gate_closed from the gate closure
+    of the instrument's day-ahead auction until the clear has run (PRODUCT.md §3), so the book
+    the clear prices is the one that stood at the gate, while the indicative price was public.
+    Every door (API, web form, admin, management commands) comes through order_place and
+    order_cancel_request, which call this."""
+    gate = instrument_auction_gate(instrument)
+    if gate is not None and now >= gate:
+        raise ServiceError(
+            AUCTION_GATE_CLOSED,
+            f"{instrument.symbol}: the day-ahead auction's gate closed at {gate.isoformat()}; {action} are "
+            "refused until the auction has cleared, then continuous trading opens.",
+            status=409,
+        )
 
 
 def _order_insert_sql(*, order: Order) -> tuple[str, list]:
@@ -345,8 +361,12 @@ def order_place(
 ) -> Order:
     """Validate and record an order; matching happens after commit, in a Celery worker.
 
-    A buy reserves its maximum cost (every lot at the limit, plus the highest fee, rounded up)
-    from available into escrow in the same transaction, or is refused with insufficient_funds.
+    A buy reserves its maximum cost (quantity x limit plus the highest fee, rounded up once to
+    the cent: metering.money.reserve) from available into escrow in the same transaction, or is
+    refused with insufficient_funds. Every term that prices or routes a contract is frozen on
+    the order row (fee rates, the tier's share and weights, allowed hardware by id), taken from
+    what placement already loaded (the instrument's tier, the catalog's hardware): no query.
+    After a day-ahead auction's gate and until its clear, refused with auction_gate_closed.
     Takes no instrument-wide lock: only the buyer's own ledger rows are locked (by the escrow
     posting), so placements on one instrument never wait for each other. The order has no
     match sequence yet: the matcher gives it one when it applies it (pricing.matcher).
@@ -374,6 +394,7 @@ def order_place(
         )
     if now >= instrument.delivery_end:
         raise ServiceError("instrument_not_open", f"{instrument.symbol}'s delivery period has ended.", status=409)
+    auction_gate_check(instrument=instrument, now=now, action="new orders")
     if side == Side.BUY and not account.is_buyer:
         raise ServiceError("not_a_buyer", "This account is not a buyer; it cannot place buy orders.", status=403)
     if side == Side.SELL and not account.is_provider:
@@ -401,7 +422,6 @@ def order_place(
     if client_order_id is not None:
         client_order_id = client_order_id.strip() or None
 
-    from metering.money import max_fee_bps
     from pricing.floor import order_below_floor
 
     below_floor = False
@@ -416,9 +436,11 @@ def order_place(
                 status=422,
             )
 
+    maker_bps, taker_bps = money.fee_bps(maker=True), money.fee_bps(maker=False)
+    tier = instrument.tier  # loaded with the instrument (catalog cache or instrument_get)
     reserve = Decimal("0")
     if side == Side.BUY:
-        reserve = money.reserve_per_lot(lot_size=instrument.lot_size, price=price, max_fee_bps=max_fee_bps())
+        reserve = money.reserve(quantity=quantity, price=price, max_fee_bps=max(maker_bps, taker_bps))
 
     order = Order(
         account=account,
@@ -429,13 +451,18 @@ def order_place(
         time_in_force=time_in_force,
         hardware_id=hardware_obj_id,
         allowed_hardware=allowed,
+        allowed_hardware_ids=sorted(known_hw[h] for h in allowed),
         client_order_id=client_order_id,
-        reserve_per_lot=reserve,
+        maker_fee_bps=maker_bps,
+        taker_fee_bps=taker_bps,
+        unused_capacity_share=tier.unused_capacity_share,
+        output_token_weight=tier.output_token_weight,
+        cached_input_weight=tier.cached_input_weight,
         below_energy_floor=below_floor,
         created_at=now,
         updated_at=now,
     )
-    total = reserve * (quantity // instrument.lot_size)
+    total = reserve
     try:
         # On PostgreSQL one statement writes the order and, for a buy, its escrow: outside a
         # transaction it runs in autocommit (a single statement is atomic), so a placement is
@@ -518,11 +545,18 @@ _RELEASE_WHY = {"cancel": "cancelled", "expire": "expired when its delivery peri
 
 
 def _release_escrow(*, orders: list[Order], key_prefix: str, instrument: Instrument) -> None:
-    """Give back the escrow of finished buy orders' unfilled lots (one transaction each)."""
+    """Give back what finished buy orders still held in escrow (one transaction each)."""
     from metering.ledger import ledger_account_ids
     from metering.models import LedgerAccount
 
-    buys = [o for o in orders if o.side == Side.BUY and o.remaining > 0 and o.reserve_per_lot > 0]
+    held = {
+        o.pk: money.order_escrow_open(
+            quantity=o.quantity, filled=o.filled_quantity, price=o.price, max_fee_bps=o.max_fee_bps
+        )
+        for o in orders
+        if o.side == Side.BUY
+    }
+    buys = [o for o in orders if held.get(o.pk, 0) > 0]
     if not buys:
         return
     accounts = {o.account_id for o in buys}
@@ -537,8 +571,8 @@ def _release_escrow(*, orders: list[Order], key_prefix: str, instrument: Instrum
                 key=f"{key_prefix}:{o.pk}",
                 kind=LedgerTransaction.Kind.ESCROW_RELEASE,
                 legs=[
-                    (escrow[o.account_id], -((o.remaining // instrument.lot_size) * o.reserve_per_lot)),
-                    (available[o.account_id], (o.remaining // instrument.lot_size) * o.reserve_per_lot),
+                    (escrow[o.account_id], -held[o.pk]),
+                    (available[o.account_id], held[o.pk]),
                 ],
                 memo=(
                     f"escrow of buy order #{o.pk} back to available: {_RELEASE_WHY.get(key_prefix, key_prefix)}, "
@@ -566,6 +600,7 @@ def order_cancel_request(*, account: Account, order_id: int, now: dt.datetime | 
         if not order.is_live:
             raise _not_cancellable(order)
         if order.cancel_requested_at is None:
+            auction_gate_check(instrument=order.instrument, now=now, action="cancels")
             order.cancel_requested_at = now
             order.save(update_fields=["cancel_requested_at"])
         enqueue_match_on_commit(order.instrument_id)

@@ -83,7 +83,8 @@ def participant_ledger_ids(*, account: Account) -> dict[str, int]:
 
 
 def system_account(kind: str) -> LedgerAccount:
-    assert kind in LedgerAccount.SYSTEM_KINDS
+    if kind not in LedgerAccount.SYSTEM_KINDS:
+        raise LedgerError(f"{kind!r} is not a system ledger account")
     acct, _ = LedgerAccount.objects.get_or_create(
         owner=None, kind=kind, currency=currency(), defaults={"is_system": True}
     )

@@ -22,6 +22,8 @@ from decimal import Decimal
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Round
+from django.db.models.lookups import Exact
 from django.utils import timezone
 
 from marketplace.models import Account, Instrument, Trade
@@ -160,8 +162,12 @@ class Settlement(models.Model):
         ordering = ["-settled_at"]
         constraints = [
             models.CheckConstraint(condition=Q(refund__gte=0), name="settlement_refund_non_negative"),
+            # Compared in whole cents: SQLite evaluates decimal arithmetic in binary floating
+            # point, where 0.07 - 0.01 != 0.06 (PostgreSQL's numeric is exact either way).
             models.CheckConstraint(
-                condition=Q(provider_payout=models.F("value") - models.F("seller_fee")),
+                condition=Exact(
+                    Round(models.F("provider_payout") * 100), Round((models.F("value") - models.F("seller_fee")) * 100)
+                ),
                 name="settlement_payout_is_value_less_fee",
             ),
         ]

@@ -4,15 +4,22 @@ Method (per instrument, per buyer-provider pair):
 1. The pair's usage (sum of billable tokens of its accepted events) is allocated to the pair's
    contracts oldest first (by match_sequence): each takes up to its quantity. What is left
    after the newest contract is overage: recorded on that contract's Settlement, not charged.
-2. Each contract pays, rounded half-even to the cent once per contract (metering.money):
-       value       = (delivered + tier.unused_capacity_share x unused) x price / 1M
-       buyer fee   = value x buyer_fee_bps / 10,000      (maker or taker rate, fixed at the trade)
-       seller fee  = value x seller_fee_bps / 10,000
+2. Each contract pays (metering.money), every term read from the trade, where it was frozen
+   when the contract was made, never from today's catalog or settings:
+       exact value = (delivered + trade.unused_capacity_share x unused) x price / 1M
+       value       = exact value rounded half-even to the cent (at most the contract's escrow)
+       buyer fee   = exact value x buyer_fee_bps / 10,000, by the running-total rule
+       seller fee  = exact value x seller_fee_bps / 10,000, by the running-total rule
        provider    = value - seller fee                  -> provider's available
        fees        = buyer fee + seller fee              -> the platform's fees account
        refund      = buyer_escrow - value - buyer fee    -> buyer's available
-   Every part is derived by subtraction from the escrow, so the transaction sums to zero by
-   construction. Provider proceeds land in `available` at once: settlement runs only after
+   Running-total rule (money.fees_running): per account and role on the instrument, exact fees
+   are summed oldest contract first and the running total is rounded once; each contract is
+   charged what the rounded total rose by, so splitting a trade into fills changes no fee.
+   The whole instrument's amounts are computed once, from its final contracts and usage
+   (settlement runs after the grace period, when usage is closed), so chunks, re-runs and
+   concurrent settlers charge the same cents. Every part is derived by subtraction from the
+   escrow, so the transaction sums to zero by construction. Provider proceeds land in `available` at once: settlement runs only after
    the grace period, when the amounts are final, so there is nothing left to hold back.
 
 Exactly once per contract: Settlement's primary key is the trade and its ledger transaction's
@@ -25,6 +32,7 @@ the chunk in flight, which rolls back completely, and a re-run settles what is l
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +52,8 @@ from .models import LedgerAccount, LedgerTransaction, Settlement, UsageEvent
 from .usage import SETTLEMENT_LOCK_NAMESPACE
 
 DEFAULT_CHUNK_CONTRACTS = 2000
+
+log = logging.getLogger(__name__)
 
 
 def allocate(*, usage: int, quantities: Sequence[int]) -> tuple[list[int], int]:
@@ -67,6 +77,19 @@ class Amounts:
     refund: Decimal
 
 
+def contract_value(*, quantity: int, delivered: int, price: Decimal, unused_share: Decimal, buyer_escrow: Decimal) -> tuple[Decimal, Decimal]:
+    """(exact value, charged value) of a contract: delivered tokens plus the frozen share of
+    the unused, at the contract's price; charged half-even to the cent, never above its escrow
+    (only a contract that got a cent less than its value from rounding its order's reservation
+    once can reach that cap; it is logged)."""
+    exact = money.notional(Decimal(delivered) + unused_share * (quantity - delivered), price)
+    value = money.round_charge(exact)
+    if value > buyer_escrow:
+        log.warning("escrow shortfall at settlement: value %s capped at the contract's escrow %s", value, buyer_escrow)
+        value = buyer_escrow
+    return exact, value
+
+
 def settlement_amounts(
     *,
     quantity: int,
@@ -76,16 +99,75 @@ def settlement_amounts(
     buyer_fee_bps: int,
     seller_fee_bps: int,
     buyer_escrow: Decimal,
+    fees: tuple[Decimal, Decimal] | None = None,
 ) -> Amounts:
-    """The money of one contract (see the module docstring); pure, rounded once."""
-    unused = quantity - delivered
-    value = money.round_charge(money.notional(Decimal(delivered) + unused_share * unused, price))
-    buyer_fee = money.fee(value, buyer_fee_bps)
-    seller_fee = money.fee(value, seller_fee_bps)
+    """The money of one contract (see the module docstring); pure.
+
+    `fees` are the contract's (buyer, seller) fees from the running-total rule over its
+    instrument; without them the contract is its own running total (its fees rounded alone).
+    """
+    exact, value = contract_value(
+        quantity=quantity, delivered=delivered, price=price, unused_share=unused_share, buyer_escrow=buyer_escrow
+    )
+    if fees is None:
+        line = money.FeeLine(0, 0, 0, exact, value, buyer_escrow, buyer_fee_bps, seller_fee_bps)
+        fees = money.fees_running([line])[0]
+    buyer_fee, seller_fee = fees
     refund = buyer_escrow - value - buyer_fee
-    if refund < 0:  # escrow is value at full quantity plus the fee, rounded up: cannot happen
-        raise AssertionError(f"escrow {buyer_escrow} does not cover {value} + {buyer_fee}")
-    return Amounts(delivered, unused, value, buyer_fee, seller_fee, value - seller_fee, refund)
+    return Amounts(delivered, quantity - delivered, value, buyer_fee, seller_fee, value - seller_fee, refund)
+
+
+@dataclass(frozen=True)
+class Planned:
+    """What settlement pays one contract: its allocation and its money."""
+
+    delivered: int
+    overage: int  # recorded on the newest contract of its pair
+    amounts: Amounts
+
+
+def instrument_settlement_plan(*, instrument_id: int) -> dict[int, Planned]:
+    """Every contract of the instrument (settled or not) with what settlement pays it: usage
+    allocated per pair oldest first, values, and the running-total fees over the instrument.
+    A function of the instrument's final contracts and usage alone (two queries)."""
+    trades = list(
+        Trade.objects.filter(instrument_id=instrument_id)
+        .order_by("match_sequence")
+        .values_list(
+            "id", "buyer_id", "seller_id", "quantity", "price", "unused_capacity_share",
+            "buyer_fee_bps", "seller_fee_bps", "buyer_escrow",
+        )
+    )  # fmt: skip
+    usage = {
+        (r["buyer_id"], r["provider_id"]): r["s"] or 0
+        for r in UsageEvent.objects.filter(instrument_id=instrument_id)
+        .values("buyer_id", "provider_id")
+        .annotate(s=Sum("billable_tokens"))
+    }
+    by_pair: dict[tuple[int, int], list[tuple]] = defaultdict(list)
+    for t in trades:
+        by_pair[(t[1], t[2])].append(t)
+    alloc: dict[int, tuple[int, int]] = {}
+    for pair, contracts in by_pair.items():
+        delivered, overage = allocate(usage=usage.get(pair, 0), quantities=[t[3] for t in contracts])
+        for i, (t, d) in enumerate(zip(contracts, delivered, strict=True)):
+            alloc[t[0]] = (d, overage if i == len(contracts) - 1 else 0)
+    lines = []
+    for pk, buyer, seller, quantity, price, share, b_bps, s_bps, escrow in trades:
+        exact, value = contract_value(
+            quantity=quantity, delivered=alloc[pk][0], price=price, unused_share=share, buyer_escrow=escrow
+        )
+        lines.append(money.FeeLine(pk, buyer, seller, exact, value, escrow, b_bps, s_bps))
+    fees = money.fees_running(lines)
+    plan = {}
+    for pk, _, _, quantity, price, share, b_bps, s_bps, escrow in trades:
+        d, overage = alloc[pk]
+        amounts = settlement_amounts(
+            quantity=quantity, delivered=d, price=price, unused_share=share, buyer_fee_bps=b_bps,
+            seller_fee_bps=s_bps, buyer_escrow=escrow, fees=fees[pk],
+        )  # fmt: skip
+        plan[pk] = Planned(d, overage, amounts)
+    return plan
 
 
 @dataclass
@@ -197,6 +279,7 @@ def instrument_settle(
     if inst.status in (Instrument.Status.OPEN, Instrument.Status.HALTED):
         instrument_close(instrument_id=inst.pk, now=now)
     report = SettleReport(instruments=1)
+    plan = instrument_settlement_plan(instrument_id=inst.pk)
     pairs = list(
         Trade.objects.filter(instrument=inst, settlement__isnull=True)
         .values_list("buyer_id", "seller_id")
@@ -209,12 +292,12 @@ def instrument_settle(
         chunk.append((buyer_id, seller_id))
         size += n
         if size >= chunk_contracts:
-            report.add(_settle_chunk(instrument=inst, first=chunk[0], last=chunk[-1], now=now))
+            report.add(_settle_chunk(instrument=inst, first=chunk[0], last=chunk[-1], now=now, plan=plan))
             if progress:
                 progress(inst.symbol, report)
             chunk, size = [], 0
     if chunk:
-        report.add(_settle_chunk(instrument=inst, first=chunk[0], last=chunk[-1], now=now))
+        report.add(_settle_chunk(instrument=inst, first=chunk[0], last=chunk[-1], now=now, plan=plan))
         if progress:
             progress(inst.symbol, report)
     if not Trade.objects.filter(instrument=inst, settlement__isnull=True).exists():
@@ -236,8 +319,11 @@ def _lock_instrument(instrument_id: int) -> None:
             cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", [SETTLEMENT_LOCK_NAMESPACE, instrument_id])
 
 
-def _settle_chunk(*, instrument: Instrument, first: tuple[int, int], last: tuple[int, int], now: dt.datetime) -> SettleReport:
-    """Settle the unsettled contracts of the pairs in [first, last], in one transaction."""
+def _settle_chunk(
+    *, instrument: Instrument, first: tuple[int, int], last: tuple[int, int], now: dt.datetime, plan: dict[int, Planned]
+) -> SettleReport:
+    """Settle the unsettled contracts of the pairs in [first, last], in one transaction, as
+    `plan` (instrument_settlement_plan) says."""
     report = SettleReport()
     with transaction.atomic():
         _lock_instrument(instrument.pk)
@@ -249,12 +335,8 @@ def _settle_chunk(*, instrument: Instrument, first: tuple[int, int], last: tuple
         settled = set(Settlement.objects.filter(trade__in=[t.pk for t in trades]).values_list("trade_id", flat=True))
         if len(settled) == len(trades):
             return report
-        usage = {
-            (r["buyer_id"], r["provider_id"]): r["s"]
-            for r in UsageEvent.objects.filter(_pair_range(first, last, "buyer_id", "provider_id"), instrument=instrument)
-            .values("buyer_id", "provider_id")
-            .annotate(s=Sum("billable_tokens"))
-        }
+        if any(t.pk not in plan for t in trades):
+            plan.update(instrument_settlement_plan(instrument_id=instrument.pk))
         by_pair: dict[tuple[int, int], list[Trade]] = defaultdict(list)
         for t in trades:
             by_pair[(t.buyer_id, t.seller_id)].append(t)
@@ -262,28 +344,19 @@ def _settle_chunk(*, instrument: Instrument, first: tuple[int, int], last: tuple
         escrow_ids = ledger_account_ids(accounts, LedgerAccount.Kind.ESCROW)
         available_ids = ledger_account_ids(accounts, LedgerAccount.Kind.AVAILABLE)
         fees_id = system_account(LedgerAccount.Kind.FEES).pk
-        share = instrument.tier.unused_capacity_share
 
         postings: list[Posting] = []
         rows: list[Settlement] = []
-        for pair, contracts in by_pair.items():
-            delivered, overage = allocate(usage=usage.get(pair, 0) or 0, quantities=[t.quantity for t in contracts])
+        for contracts in by_pair.values():
             if all(t.pk in settled for t in contracts):
                 continue
             report.pairs += 1
-            report.overage_tokens += overage
-            for i, (t, d) in enumerate(zip(contracts, delivered, strict=True)):
+            report.overage_tokens += plan[contracts[-1].pk].overage
+            for t in contracts:
                 if t.pk in settled:
                     continue
-                a = settlement_amounts(
-                    quantity=t.quantity,
-                    delivered=d,
-                    price=t.price,
-                    unused_share=share,
-                    buyer_fee_bps=t.buyer_fee_bps,
-                    seller_fee_bps=t.seller_fee_bps,
-                    buyer_escrow=t.buyer_escrow,
-                )
+                planned = plan[t.pk]
+                a = planned.amounts
                 postings.append(
                     Posting(
                         key=f"settle:{t.pk}",
@@ -295,7 +368,7 @@ def _settle_chunk(*, instrument: Instrument, first: tuple[int, int], last: tuple
                             (fees_id, a.buyer_fee + a.seller_fee),
                         ],
                         memo=(
-                            f"settlement of contract #{t.pk} on {instrument.symbol}: delivered {d:,} of "
+                            f"settlement of contract #{t.pk} on {instrument.symbol}: delivered {a.delivered:,} of "
                             f"{t.quantity:,} tokens @ {t.price}; charged {a.value + a.buyer_fee} incl. fee "
                             f"{a.buyer_fee}; refund {a.refund}; provider paid {a.provider_payout}"
                         )[:255],  # the memo column's length
@@ -311,7 +384,7 @@ def _settle_chunk(*, instrument: Instrument, first: tuple[int, int], last: tuple
                         seller_fee=a.seller_fee,
                         provider_payout=a.provider_payout,
                         refund=a.refund,
-                        overage_tokens=overage if i == len(contracts) - 1 else 0,
+                        overage_tokens=planned.overage,
                         settled_at=now,
                     )
                 )

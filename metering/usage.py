@@ -7,7 +7,9 @@ An event is OpenAI-shaped usage of one request, reported by the provider that se
      "usage": {"prompt_tokens": 1200, "completion_tokens": 300,
                "prompt_tokens_details": {"cached_tokens": 200}}}
 
-(`"contract": <trade id>` may replace `instrument`.) Billable tokens use the tier's weights:
+(`"contract": <trade id>` may replace `instrument`.) Billable tokens use the token weights frozen
+on the buyer-provider pair's oldest contract on the instrument (the one settlement allocates
+usage to first), never today's tier:
 
     billable = (prompt - cached) + cached x cached_input_weight + completion x output_token_weight
 
@@ -33,15 +35,14 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Min
 from django.utils import timezone
 
 from marketplace import timeparse
-from marketplace.models import Account, Instrument, Tier, Trade
+from marketplace.models import Account, Instrument, Trade
 from marketplace.services import ServiceError
 
 from .models import Settlement, UsageEvent
@@ -120,9 +121,16 @@ class _Parsed:
     instrument_obj: Instrument | None = None
 
 
-def billable_tokens(*, prompt: int, cached: int, completion: int, tier: Tier) -> int:
-    """Billable tokens of one event: non-cached input + weighted cached input + weighted output."""
-    exact = Decimal(prompt - cached) + cached * tier.cached_input_weight + completion * tier.output_token_weight
+class Weights(Protocol):
+    cached_input_weight: Decimal
+    output_token_weight: Decimal
+
+
+def billable_tokens(*, prompt: int, cached: int, completion: int, weights: Weights) -> int:
+    """Billable tokens of one event: non-cached input + weighted cached input + weighted output.
+
+    `weights` are the terms frozen on the pair's oldest contract (a Tier for a preview)."""
+    exact = Decimal(prompt - cached) + cached * weights.cached_input_weight + completion * weights.output_token_weight
     return int(exact.to_integral_value(rounding=ROUND_HALF_EVEN))
 
 
@@ -294,15 +302,17 @@ def usage_ingest(*, provider: Account, events: Any, now: dt.datetime | None = No
                 )
             elif p.occurred_at > now + CLOCK_SKEW:
                 r.reject("outside_delivery_period", "timestamp is in the future.")
-            elif not (max(inst.delivery_start, first_trade[pair]) <= p.occurred_at < inst.delivery_end):
-                start = max(inst.delivery_start, first_trade[pair])
+            elif not (max(inst.delivery_start, first_trade[pair].first) <= p.occurred_at < inst.delivery_end):
+                start = max(inst.delivery_start, first_trade[pair].first)
                 r.reject(
                     "outside_delivery_period",
                     f"timestamp must be in [{start.isoformat()}, {inst.delivery_end.isoformat()}): "
                     "from your first trade with this buyer (or the period start) to the period end.",
                 )
             else:
-                r.billable_tokens = billable_tokens(prompt=p.prompt, cached=p.cached, completion=p.completion, tier=inst.tier)
+                r.billable_tokens = billable_tokens(
+                    prompt=p.prompt, cached=p.cached, completion=p.completion, weights=first_trade[pair]
+                )
                 rows.append(p)
         inserted = _insert(provider=provider, rows=rows, now=now)
         # Everything well-formed not inserted now may already exist: classify in one query.
@@ -400,20 +410,35 @@ def _live(parsed: list[_Parsed]) -> list[_Parsed]:
     return [p for p in parsed if p.result.status == Status.ACCEPTED]
 
 
-def _first_trades(*, provider: Account, parsed: list[_Parsed]) -> dict[tuple[int, int], dt.datetime]:
+@dataclass
+class _PairTerms:
+    first: dt.datetime  # the pair's first trade: usage counts from then
+    sequence: int  # match sequence of its oldest contract, whose frozen weights price events
+    output_token_weight: Decimal
+    cached_input_weight: Decimal
+
+
+def _first_trades(*, provider: Account, parsed: list[_Parsed]) -> dict[tuple[int, int], _PairTerms]:
+    """Per (instrument, buyer) of the batch: the first trade time and the token weights frozen
+    on the pair's oldest contract (the one settlement allocates usage to first). One query."""
     live = _live(parsed)
     if not live:
         return {}
-    rows = (
-        Trade.objects.filter(
-            seller=provider,
-            buyer_id__in={p.buyer_id for p in live},
-            instrument_id__in={p.instrument_obj.pk for p in live},
-        )
-        .values("instrument_id", "buyer_id")
-        .annotate(first=Min("executed_at"))
-    )
-    return {(r["instrument_id"], r["buyer_id"]): r["first"] for r in rows}
+    rows = Trade.objects.filter(
+        seller=provider,
+        buyer_id__in={p.buyer_id for p in live},
+        instrument_id__in={p.instrument_obj.pk for p in live},
+    ).values_list("instrument_id", "buyer_id", "executed_at", "match_sequence", "output_token_weight", "cached_input_weight")
+    out: dict[tuple[int, int], _PairTerms] = {}
+    for instrument_id, buyer_id, executed_at, seq, output_w, cached_w in rows:
+        terms = out.get((instrument_id, buyer_id))
+        if terms is None:
+            out[(instrument_id, buyer_id)] = _PairTerms(executed_at, seq, output_w, cached_w)
+            continue
+        terms.first = min(terms.first, executed_at)
+        if seq < terms.sequence:
+            terms.sequence, terms.output_token_weight, terms.cached_input_weight = seq, output_w, cached_w
+    return out
 
 
 def _settled_pairs(*, provider: Account, parsed: list[_Parsed]) -> set[tuple[int, int]]:

@@ -14,12 +14,12 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from marketplace.cache_generation import CATALOG, generation_bump
 from marketplace.models import Instrument, InstrumentBook, OrderStatus, check_transition
-from metering import money
 
 from . import book_rows, engine
 from .dispatch import enqueue_match_on_commit
-from .matcher import escrow_release_post
+from .matcher import buy_escrow_open, buy_fill_escrow, escrow_release_post
 from .models import CallAuction
 
 
@@ -33,9 +33,12 @@ def auction_open(*, instrument: Instrument, now: dt.datetime | None = None) -> C
     """Start collecting an instrument's orders for its call auction (idempotent)."""
     now = now or timezone.now()
     gate = auction_gate_closure(delivery_date=instrument.delivery_date)
-    auction, _ = CallAuction.objects.get_or_create(
-        instrument=instrument, defaults={"gate_closure_at": gate, "opened_at": now}
-    )
+    with transaction.atomic():
+        auction, created = CallAuction.objects.get_or_create(
+            instrument=instrument, defaults={"gate_closure_at": gate, "opened_at": now}
+        )
+        if created:
+            generation_bump(name=CATALOG)  # cached instruments learn their gate (order_place)
     return auction
 
 
@@ -83,8 +86,8 @@ def auction_clear(*, instrument_id: int, now: dt.datetime | None = None) -> Call
         ref = book_rows.auction_reference_price(instrument=instrument, book_row=book_row)
         result = clear(orders, reference_price=ref, tick=instrument.tick_size)
 
-        lot = instrument.lot_size
         release: dict[int, Decimal] = defaultdict(Decimal)
+        buy_filled: dict[int, int] = defaultdict(int)  # tokens filled so far in this clear, per buy
         trades: list[tuple] = []  # rows of book_rows.TRADE_COLUMNS
         trade_seq = book_row.last_trade_sequence
         for f in result.fills:
@@ -92,14 +95,19 @@ def auction_clear(*, instrument_id: int, now: dt.datetime | None = None) -> Call
             # No one rests first in a call auction; the later arrival counts as the taker so
             # that fees follow the continuous market's rule deterministically.
             aggressor = engine.BUY if position[f.buy_id] > position[f.sell_id] else engine.SELL
-            buyer_bps = money.fee_bps(maker=aggressor == engine.SELL)
-            seller_bps = money.fee_bps(maker=aggressor == engine.BUY)
-            escrow = money.contract_escrow(quantity=f.quantity, price=result.price, fee_bps=buyer_bps)
-            release[f.buyer_account_id] += (f.quantity // lot) * buy_row["reserve_per_lot"] - escrow
+            buyer_bps, seller_bps, tier_terms = book_rows.trade_terms(
+                buy_row=buy_row, sell_row=rows_by_id[f.sell_id], aggressor=aggressor
+            )
+            split = buy_fill_escrow(
+                buy_row, filled_before=buy_row["filled_quantity"] + buy_filled[f.buy_id], quantity=f.quantity,
+                price=result.price, buyer_fee_bps=buyer_bps,
+            )  # fmt: skip
+            buy_filled[f.buy_id] += f.quantity
+            release[f.buyer_account_id] += split.release
             trade_seq += 1
             trades.append(
                 (f.buy_id, f.sell_id, f.buyer_account_id, f.seller_account_id, hw_ids[f.hardware], f.quantity,
-                 result.price, aggressor, trade_seq, buyer_bps, seller_bps, escrow)
+                 result.price, aggressor, trade_seq, buyer_bps, seller_bps, split.contract, *tier_terms)
             )  # fmt: skip
 
         seq = book_row.last_matched_sequence
@@ -115,7 +123,7 @@ def auction_clear(*, instrument_id: int, now: dt.datetime | None = None) -> Call
             elif row["pending_match"] and row["time_in_force"] == engine.IOC:
                 status, pending, reason = OrderStatus.CANCELLED, False, engine.REASON_IOC
                 if row["side"] == engine.BUY:
-                    release[row["account_id"]] += ((row["quantity"] - filled) // lot) * row["reserve_per_lot"]
+                    release[row["account_id"]] += buy_escrow_open(row, filled=filled)
             elif traded:
                 status = OrderStatus.PARTIALLY_FILLED
             else:
@@ -152,6 +160,7 @@ def auction_clear(*, instrument_id: int, now: dt.datetime | None = None) -> Call
         auction.orders_count = len(orders)
         auction.trades_count = len(trades)
         auction.save()
+        generation_bump(name=CATALOG)  # the gate opens again in every process's catalog
         enqueue_match_on_commit(instrument_id)
     return auction
 

@@ -32,10 +32,15 @@ ORDER_FIELDS = (
     "filled_quantity",
     "time_in_force",
     "hardware_id",
-    "allowed_hardware",
+    "allowed_hardware_ids",
     "status",
-    "reserve_per_lot",
     "pending_match",
+    # Terms frozen at placement (marketplace.models.Order): fees, the tier's share and weights.
+    "maker_fee_bps",
+    "taker_fee_bps",
+    "unused_capacity_share",
+    "output_token_weight",
+    "cached_input_weight",
 )
 
 # Columns of a trade row written by the matcher and the auction (besides instrument_id and
@@ -53,9 +58,12 @@ TRADE_COLUMNS = (
     "buyer_fee_bps",
     "seller_fee_bps",
     "buyer_escrow",
+    "unused_capacity_share",
+    "output_token_weight",
+    "cached_input_weight",
 )
 _TRADE_PG_TYPES = ("bigint", "bigint", "bigint", "bigint", "bigint", "bigint", "numeric", "text", "bigint",
-                   "integer", "integer", "numeric")  # fmt: skip
+                   "integer", "integer", "numeric", "numeric", "numeric", "numeric")  # fmt: skip
 
 
 def hardware_codes() -> dict[int, str]:
@@ -73,7 +81,27 @@ def book_order(row: dict, hw: dict[int, str]) -> engine.BookOrder:
         remaining=row["quantity"] - row["filled_quantity"],
         tif=row["time_in_force"],
         hardware=hw[row["hardware_id"]] if row["hardware_id"] else None,
-        allowed=frozenset(allowed) if (allowed := row["allowed_hardware"]) else _ANY_HARDWARE,
+        allowed=allowed_codes(row, hw),
+    )
+
+
+def allowed_codes(row: dict, hw: dict[int, str]) -> frozenset[str]:
+    """The current codes of a buy's frozen hardware ids (the engine matches by code). A
+    deleted id keeps a code no sell has, so the set never widens to "any"."""
+    ids = row["allowed_hardware_ids"]
+    return frozenset(hw.get(i, f"#{i}") for i in ids) if ids else _ANY_HARDWARE
+
+
+def trade_terms(*, buy_row: dict, sell_row: dict, aggressor: str) -> tuple[int, int, tuple]:
+    """(buyer bps, seller bps, tier terms) a fill freezes on its trade: each side pays its own
+    order's frozen maker or taker rate; the contract takes the tier terms (unused-capacity
+    share, output and cached-input weights) of the resting (maker) order, as it takes its price."""
+    buyer_is_maker = aggressor == engine.SELL
+    buyer_bps = buy_row["maker_fee_bps"] if buyer_is_maker else buy_row["taker_fee_bps"]
+    seller_bps = sell_row["taker_fee_bps"] if buyer_is_maker else sell_row["maker_fee_bps"]
+    maker = buy_row if buyer_is_maker else sell_row
+    return buyer_bps, seller_bps, (
+        maker["unused_capacity_share"], maker["output_token_weight"], maker["cached_input_weight"]
     )
 
 
@@ -82,16 +110,16 @@ _ANY_HARDWARE: frozenset[str] = frozenset()
 
 def order_rows(qs: QuerySet[Order]) -> list[dict]:
     """Rows of ORDER_FIELDS. On PostgreSQL they are read with a plain cursor and
-    allowed_hardware is decoded once per distinct value (nearly all are [])."""
+    allowed_hardware_ids is decoded once per distinct value (nearly all are [])."""
     if connection.vendor != "postgresql":
         return list(qs.values(*ORDER_FIELDS))
-    fields = [f for f in ORDER_FIELDS if f != "allowed_hardware"]
+    fields = [f for f in ORDER_FIELDS if f != "allowed_hardware_ids"]
     sql, params = (
-        qs.annotate(allowed_text=Cast("allowed_hardware", TextField()))
+        qs.annotate(allowed_text=Cast("allowed_hardware_ids", TextField()))
         .values_list(*fields, "allowed_text")
         .query.sql_with_params()
     )
-    decoded: dict[str | None, list[str]] = {}
+    decoded: dict[str | None, list[int]] = {}
     rows = []
     with connection.cursor() as cur:
         cur.execute(sql, params)
@@ -99,7 +127,7 @@ def order_rows(qs: QuerySet[Order]) -> list[dict]:
             row = dict(zip(fields, values, strict=True))
             if allowed not in decoded:
                 decoded[allowed] = json.loads(allowed) if allowed else []
-            row["allowed_hardware"] = decoded[allowed]
+            row["allowed_hardware_ids"] = decoded[allowed]
             rows.append(row)
     return rows
 
@@ -115,7 +143,8 @@ def pg_array(values: list) -> str:
     None and the whole column is joined in one pass (this runs for every column of every batch)."""
     first = next((v for v in values if v is not None), None)
     if isinstance(first, str):
-        assert not any('"' in w or "\\" in w for w in set(values) if w is not None), values
+        if any('"' in w or "\\" in w for w in set(values) if w is not None):
+            raise ValueError(f"{values!r} need escaping in an array literal")
         return "{" + ",".join(["NULL" if v is None else f'"{v}"' for v in values]) + "}"
     if first is None or None in values:
         return "{" + ",".join(["NULL" if v is None else str(v) for v in values]) + "}"
@@ -228,7 +257,7 @@ def auction_orders(*, instrument_id: int, hw: dict[int, str]) -> tuple[list[dict
             price=r["price"],
             quantity=r["quantity"] - r["filled_quantity"],
             hardware=hw[r["hardware_id"]] if r["hardware_id"] else None,
-            allowed=frozenset(r["allowed_hardware"] or ()),
+            allowed=allowed_codes(r, hw),
         )
         for i, r in enumerate(participants, start=1)
     ]

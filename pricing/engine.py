@@ -186,7 +186,8 @@ class OrderBook:
             if q is None:
                 q = self.bids[order.allowed] = _Queue()
         else:
-            assert order.hardware is not None, "a sell order names its hardware"
+            if order.hardware is None:
+                raise ValueError(f"sell order {order.id} names no hardware")
             q = self.asks.get(order.hardware)  # type: ignore[arg-type]
             if q is None:
                 q = self.asks[order.hardware] = _Queue()  # type: ignore[index]

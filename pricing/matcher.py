@@ -59,6 +59,34 @@ from .models import CallAuction
 
 log = logging.getLogger(__name__)
 
+
+def buy_escrow_open(row: dict, *, filled: int) -> Decimal:
+    """What a live buy order (a book row) holds in escrow once `filled` tokens filled."""
+    return money.order_escrow_open(
+        quantity=row["quantity"], filled=filled, price=row["price"],
+        max_fee_bps=max(row["maker_fee_bps"], row["taker_fee_bps"]),
+    )  # fmt: skip
+
+
+def buy_fill_escrow(row: dict, *, filled_before: int, quantity: int, price: Decimal, buyer_fee_bps: int) -> money.FillEscrow:
+    """Split a fill of buy order `row` into the contract's escrow and the release.
+
+    A shortfall (the contract holds less than its full value plus fee: a cent from rounding the
+    reservation once, or an order reserved under an older rule) is not an error: settlement
+    never charges a contract more than it holds, and the book carries on; it is logged.
+    """
+    split = money.fill_escrow(
+        order_quantity=row["quantity"], limit=row["price"], max_fee_bps=max(row["maker_fee_bps"], row["taker_fee_bps"]),
+        filled_before=filled_before, quantity=quantity, price=price, buyer_fee_bps=buyer_fee_bps,
+    )  # fmt: skip
+    if split.shortfall > money.CENT:
+        log.warning(
+            "escrow shortfall: buy order %s fill of %s tokens holds %s, short by %s",
+            row["id"], quantity, split.contract, split.shortfall,
+        )  # fmt: skip
+    return split
+
+
 CANCEL_REASON = "cancelled_by_user"
 
 
@@ -175,7 +203,6 @@ def match_locked(*, book_row: InstrumentBook, batch_size: int | None = None) -> 
         return 0, 0
     hw = book_rows.hardware_codes()
     resident = _resident_book(book_row=book_row, hw=hw)
-    lot = instrument.lot_size
     seq = book_row.last_matched_sequence
     release: dict[int, Decimal] = defaultdict(Decimal)  # buyer Account id -> escrow to release
     updates: list[book_rows.OrderUpdate] = []
@@ -188,13 +215,16 @@ def match_locked(*, book_row: InstrumentBook, batch_size: int | None = None) -> 
             order_seq = seq
         else:
             order_seq = row["sequence"]
-            gone = resident.book.cancel(row["id"])
-            assert gone is not None, f"order {row['id']} rests in the database but not in the resident book"
+            if resident.book.cancel(row["id"]) is None:
+                # Never expected: the resident book is the database's book. Fail the batch
+                # (it rolls back; the next run reloads the book from the database).
+                resident_books.pop(book_row.instrument_id, None)
+                raise RuntimeError(f"order {row['id']} rests in the database but not in the resident book")
             resident.rows.pop(row["id"], None)
         check_transition(row["status"], OrderStatus.CANCELLED)
         updates.append((row["id"], row["filled_quantity"], OrderStatus.CANCELLED, CANCEL_REASON, False, order_seq, seq))
         if row["side"] == engine.BUY:
-            release[row["account_id"]] += ((row["quantity"] - row["filled_quantity"]) // lot) * row["reserve_per_lot"]
+            release[row["account_id"]] += buy_escrow_open(row, filled=row["filled_quantity"])
 
     results = []
     for row in pending:
@@ -283,7 +313,6 @@ def _write_batch(
 ) -> list[tuple]:
     """Write the batch (orders, trades, escrow releases, book row); returns the trade rows."""
     hw_ids = {code: pk for pk, code in hw.items()}
-    lot = instrument.lot_size
     rows_by_id = resident.rows
     pending_by_id = {r["id"]: r for r in pending}
     trades: list[tuple] = []  # book_rows.TRADE_COLUMNS
@@ -294,32 +323,24 @@ def _write_batch(
     def row_of(order_id: int) -> dict:
         return pending_by_id.get(order_id) or rows_by_id[order_id]
 
-    # Fee rates and contract escrow are pure functions of few distinct values: computed once
-    # per batch, not per fill (Decimal arithmetic was a large part of a batch's Python time).
-    bps = {True: money.fee_bps(maker=True), False: money.fee_bps(maker=False)}
-    escrows: dict[tuple[int, Decimal, int], Decimal] = {}
-
-    def contract_escrow(quantity: int, price: Decimal, fee_bps: int) -> Decimal:
-        key = (quantity, price, fee_bps)
-        e = escrows.get(key)
-        if e is None:
-            e = escrows[key] = money.contract_escrow(quantity=quantity, price=price, fee_bps=fee_bps)
-        return e
-
     for res in results:
         taker = res.order
         for f in res.fills:
             trade_seq += 1
-            buyer_is_maker = f.aggressor == engine.SELL
-            buyer_bps = bps[buyer_is_maker]
-            seller_bps = bps[not buyer_is_maker]
-            escrow = contract_escrow(f.quantity, f.price, buyer_bps)
-            release[f.buyer_account_id] += (f.quantity // lot) * row_of(f.buy_id)["reserve_per_lot"] - escrow
+            buy_row = row_of(f.buy_id)
+            buyer_bps, seller_bps, tier_terms = book_rows.trade_terms(
+                buy_row=buy_row, sell_row=row_of(f.sell_id), aggressor=f.aggressor
+            )
+            split = buy_fill_escrow(
+                buy_row, filled_before=buy_row["filled_quantity"] + filled_by[f.buy_id], quantity=f.quantity,
+                price=f.price, buyer_fee_bps=buyer_bps,
+            )  # fmt: skip
+            release[f.buyer_account_id] += split.release
             filled_by[f.maker_id] += f.quantity
             filled_by[f.taker_id] += f.quantity
             trades.append(
                 (f.buy_id, f.sell_id, f.buyer_account_id, f.seller_account_id, hw_ids[f.hardware], f.quantity,
-                 f.price, f.aggressor, trade_seq, buyer_bps, seller_bps, escrow)
+                 f.price, f.aggressor, trade_seq, buyer_bps, seller_bps, split.contract, *tier_terms)
             )  # fmt: skip
         if res.outcome in (engine.CANCELLED, engine.REJECTED):
             final[taker.id] = (
@@ -327,7 +348,8 @@ def _write_batch(
                 res.reason,
             )
             if taker.side == engine.BUY and taker.remaining:
-                release[taker.account_id] += (taker.remaining // lot) * pending_by_id[taker.id]["reserve_per_lot"]
+                row = pending_by_id[taker.id]
+                release[taker.account_id] += buy_escrow_open(row, filled=row["filled_quantity"] + filled_by[taker.id])
 
     # Every pending order leaves pending with its sequence; filled orders change quantity and
     # status. The resident rows follow, so the next batch needs no read.
@@ -372,15 +394,21 @@ def escrow_release_post(
     *, instrument_id: int, batch_key: str, release: dict[int, Decimal], symbol: str | None = None
 ) -> None:
     """Give buyers back, in one ledger transaction, what their fills and cancels no longer hold
-    in escrow. The caller holds the instrument's book row lock."""
-    release = {a: amt for a, amt in release.items() if amt}
+    in escrow. The caller holds the instrument's book row lock.
+
+    Every amount is >= 0 by construction (metering.money.fill_escrow never takes more than an
+    order holds); one that is not is logged and left in escrow, never posted and never a
+    reason to stop the book (a stuck book could not even cancel)."""
+    for account_id, amount in release.items():
+        if amount < 0:
+            log.error("escrow release of %s for account %s on instrument %s skipped", amount, account_id, instrument_id)
+    release = {a: amt for a, amt in release.items() if amt > 0}
     if not release:
         return
     escrow_ids = ledger_account_ids(release, LedgerAccount.Kind.ESCROW)
     available_ids = ledger_account_ids(release, LedgerAccount.Kind.AVAILABLE)
     legs = []
     for account_id, amount in release.items():
-        assert amount > 0, "a fill never needs more escrow than its order reserved"
         legs.append((escrow_ids[account_id], -amount))
         legs.append((available_ids[account_id], amount))
     ledger_post(

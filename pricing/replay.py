@@ -22,7 +22,7 @@ from decimal import Decimal
 
 from marketplace.models import Hardware, Order, Trade
 
-from . import engine
+from . import book_rows, engine
 
 # (buy order id, sell order id, price, quantity, hardware code), in execution order.
 TradeTuple = tuple[int, int, Decimal, int, str]
@@ -56,7 +56,7 @@ def instrument_replay(*, instrument_id: int) -> list[TradeTuple]:
             "quantity",
             "time_in_force",
             "hardware_id",
-            "allowed_hardware",
+            "allowed_hardware_ids",
             "cancel_sequence",
         )
     )
@@ -86,7 +86,7 @@ def instrument_replay(*, instrument_id: int) -> list[TradeTuple]:
                 remaining=r["quantity"],
                 tif=r["time_in_force"],
                 hardware=hw[r["hardware_id"]] if r["hardware_id"] else None,
-                allowed=frozenset(r["allowed_hardware"] or ()),
+                allowed=book_rows.allowed_codes(r, hw),
             )
         )
         trades.extend((f.buy_id, f.sell_id, f.price, f.quantity, f.hardware) for f in result.fills)

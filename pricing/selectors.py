@@ -17,6 +17,7 @@ from django.db.models.expressions import RawSQL
 from django.db.models.functions import Trunc
 from django.utils import timezone
 
+from marketplace.catalog_cache import catalog_hardware_ids
 from marketplace.errors import NotFound, ServiceError
 from marketplace.models import LIVE_STATUSES, Hardware, HardwareThroughput, Instrument, Order, Region, Tier, Trade
 
@@ -422,8 +423,9 @@ def resting_quantity(*, instrument: Instrument, side: str, low: Decimal, high: D
         instrument=instrument, side=side, pending_match=False, status__in=LIVE_STATUSES, price__gte=low, price__lte=high
     )
     total = 0
-    for allowed, qty, filled in qs.values_list("allowed_hardware", "quantity", "filled_quantity"):
-        if side == "buy" and hardware and allowed and hardware not in allowed:
+    hardware_id = catalog_hardware_ids().get(hardware) if hardware else None
+    for allowed, qty, filled in qs.values_list("allowed_hardware_ids", "quantity", "filled_quantity"):
+        if side == "buy" and hardware and allowed and hardware_id not in allowed:
             continue
         total += qty - filled
     return total

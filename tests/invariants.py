@@ -1,10 +1,11 @@
 """The invariants of PRODUCT.md §8, recomputed from first principles after every scenario.
 
 Nothing derived that the database stores is trusted: balances, `balance_after`, an order's
-`reserve_per_lot` and `filled_quantity`, a trade's `buyer_escrow`, `buyer`/`seller`, an event's
-`billable_tokens` and a settlement's figures are all recomputed here from the raw facts (ledger
-entry amounts; order quantity, limit and lot; trade price, quantity and who was the aggressor;
-an event's raw token counts and its tier's weights) with this module's own copy of the
+`filled_quantity`, a trade's `buyer_escrow`, fee rates and tier terms, `buyer`/`seller`, an
+event's `billable_tokens` and a settlement's figures are all recomputed here from the raw facts
+(ledger entry amounts; order quantity, limit and the terms frozen on it at placement; trade
+price, quantity and who was the aggressor; an event's raw token counts and the weights frozen
+on its pair's oldest contract) with this module's own copy of the
 documented rules (README "Money", "Orders, escrow and matching", "Usage and settlement"). It
 imports no production rule (metering.money, metering.settlement, metering.usage), so a bug
 there cannot hide itself.
@@ -15,17 +16,20 @@ What is checked:
   no participant account is ever negative, now or after any entry;
 - orders and trades: filled <= quantity and filled == the sum of the order's trades; the
   status agrees with the fill; every trade is within both limits, on the sell's hardware and
-  that hardware accepted by the buy, between two different accounts (taken from the orders, not
-  the trade's own buyer/seller columns), with the fee terms of the maker/taker rule;
+  that hardware (by id) accepted by the buy, between two different accounts (taken from the
+  orders, not the trade's own buyer/seller columns), with each side's own order's frozen maker or
+  taker rate and the resting (maker) order's frozen tier terms;
 - escrow: each buyer's escrow balance equals the open commitments: every live buy order's
-  reservation for its remaining quantity (`order_reservation`) plus the contract escrow of every
-  unsettled trade (`contract_escrow`); each withdrawal hold equals the pending withdrawals;
+  reservation less the reservation of what filled (`order_reservation`) plus the escrow of every
+  unsettled trade (`contract_escrow`: what its fill took from the order, at most its full value
+  plus fee); each withdrawal hold equals the pending withdrawals;
 - usage: no (provider, event_id) twice; each event's billable tokens from its raw counts;
   nothing links an event to a settlement, so "no event counted twice" is checked per pair
   (instrument = delivery period, buyer, provider): the pair's recomputed usage is allocated to
   its contracts oldest first and each settlement's delivered/unused/overage must be that
   allocation, so a fully settled pair accounts for its usage exactly once; each settlement's
-  money and ledger legs are recomputed from the allocation;
+  money and ledger legs are recomputed from the allocation, its fees by the running-total rule
+  over all the instrument's contracts (`running_fees`);
 - the continuous book is not crossed once matching is idle.
 
 "Idle" is read from the database, not from the broker: an instrument is idle when none of its
@@ -48,10 +52,9 @@ from __future__ import annotations
 from collections import defaultdict
 from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal
 
-from django.conf import settings
 from django.db import connection, transaction
 
-from marketplace.models import Instrument, Order, Tier, Trade
+from marketplace.models import Order, Trade
 from metering.models import FundingRequest, LedgerAccount, LedgerEntry, Settlement, UsageEvent
 
 CENT = Decimal("0.01")
@@ -72,35 +75,75 @@ def _half_even_cent(x: Decimal) -> Decimal:
     return x.quantize(CENT, rounding=ROUND_HALF_EVEN)
 
 
-def order_reservation(*, remaining: int, lot_size: int, price: Decimal, max_fee_bps: int) -> Decimal:
-    """Escrow a live buy order holds for its unfilled quantity (the one swappable rule).
-
-    Today's rule: per lot, the lot's value at the limit rounded up to the cent, plus the highest
-    fee on that value rounded up to the cent; times the open lots.
-    """
-    lot_value = _ceil_cent(Decimal(lot_size) * price / PER_MTOK)
-    per_lot = lot_value + _ceil_cent(lot_value * max_fee_bps / BPS)
-    return per_lot * (remaining // lot_size)
+def reservation(*, quantity: int, price: Decimal, max_fee_bps: int) -> Decimal:
+    """What a buy of `quantity` tokens at limit `price` reserves: quantity x limit plus the
+    highest fee on that total, rounded up once to the cent."""
+    return _ceil_cent(Decimal(quantity) * price / PER_MTOK * (BPS + max_fee_bps) / BPS)
 
 
-def contract_escrow(*, quantity: int, price: Decimal, fee_bps: int) -> Decimal:
-    """Escrow a contract holds until settlement: full value plus the buyer's fee, each rounded up."""
-    value = _ceil_cent(Decimal(quantity) * price / PER_MTOK)
-    return value + _ceil_cent(value * fee_bps / BPS)
+def order_reservation(*, quantity: int, filled: int, price: Decimal, max_fee_bps: int) -> Decimal:
+    """Escrow a live buy order holds: its reservation less the reservation of what filled."""
+    if filled >= quantity:
+        return ZERO
+    kw = {"price": price, "max_fee_bps": max_fee_bps}
+    return reservation(quantity=quantity, **kw) - reservation(quantity=filled, **kw)
 
 
-def trade_fee_bps(*, aggressor: str) -> tuple[int, int]:
-    """(buyer bps, seller bps): the maker pays the maker rate, the aggressor the taker rate."""
-    maker, taker = settings.MAKER_FEE_BPS, settings.TAKER_FEE_BPS
-    return (taker, maker) if aggressor == "buy" else (maker, taker)
+def contract_escrow(*, order: Order, filled_before: int, quantity: int, price: Decimal, fee_bps: int) -> Decimal:
+    """Escrow a contract holds until settlement: what its fill took from the buy order's escrow,
+    but never more than its full value plus the buyer's fee rounded up (the rest is released)."""
+    kw = {"quantity": order.quantity, "price": order.price, "max_fee_bps": max(order.maker_fee_bps, order.taker_fee_bps)}
+    took = order_reservation(filled=filled_before, **kw) - order_reservation(filled=filled_before + quantity, **kw)
+    return min(took, _ceil_cent(Decimal(quantity) * price / PER_MTOK * (BPS + fee_bps) / BPS))
 
 
-def billable_tokens(*, prompt: int, cached: int, completion: int, tier: Tier) -> int:
-    """Non-cached input + weighted cached input + weighted output, half-even to a whole token."""
+def trade_fee_bps(*, buy: Order, sell: Order, aggressor: str) -> tuple[int, int]:
+    """(buyer bps, seller bps): each side pays its own order's frozen rate, maker or taker."""
+    if aggressor == "buy":
+        return buy.taker_fee_bps, sell.maker_fee_bps
+    return buy.maker_fee_bps, sell.taker_fee_bps
+
+
+def running_fees(lines: list[tuple]) -> dict[int, tuple[Decimal, Decimal]]:
+    """The running-total fee rule (README "Fees"), for one instrument's contracts oldest first.
+
+    `lines`: (trade id, buyer, seller, exact value, charged value, escrow, buyer bps, seller bps).
+    Per account and role, exact fees are summed and the sum rounded half-even; a contract pays
+    what the rounded sum rose by plus what earlier ones could not hold, at most its escrow less
+    its value (buyer) or its value (seller); what is due after the account's last contract goes
+    on its contracts with room left, oldest first."""
+    exact: dict[tuple, Decimal] = defaultdict(Decimal)
+    charged: dict[tuple, Decimal] = defaultdict(Decimal)
+    left: dict[tuple, Decimal] = {}
+    order: dict[tuple, list[int]] = defaultdict(list)
+    out: dict[int, list[Decimal]] = {}
+    for pk, buyer, seller, exact_value, value, escrow, b_bps, s_bps in lines:
+        out[pk] = []
+        for i, (key, bps, room) in enumerate(((("b", buyer), b_bps, escrow - value), (("s", seller), s_bps, value))):
+            exact[key] += exact_value * bps / BPS
+            fee = min(max(_half_even_cent(exact[key]) - charged[key], ZERO), max(room, ZERO))
+            charged[key] += fee
+            left[(i, pk)] = max(room, ZERO) - fee
+            order[key].append(pk)
+            out[pk].append(fee)
+    for key, pks in order.items():
+        i = 0 if key[0] == "b" else 1
+        due = _half_even_cent(exact[key]) - charged[key]
+        for pk in pks:
+            add = min(due, left[(i, pk)])
+            if add > 0:
+                out[pk][i] += add
+                due -= add
+    return {pk: (fees[0], fees[1]) for pk, fees in out.items()}
+
+
+def billable_tokens(*, prompt: int, cached: int, completion: int, terms: Trade) -> int:
+    """Non-cached input + weighted cached input + weighted output, half-even to a whole token,
+    with the weights frozen on the pair's oldest contract."""
     exact = (
         Decimal(prompt - cached)
-        + Decimal(cached) * tier.cached_input_weight
-        + Decimal(completion) * tier.output_token_weight
+        + Decimal(cached) * terms.cached_input_weight
+        + Decimal(completion) * terms.output_token_weight
     )
     return int(exact.to_integral_value(rounding=ROUND_HALF_EVEN))
 
@@ -184,8 +227,8 @@ def _check_orders_and_trades(orders: dict[int, Order], trades: list[Trade]) -> N
             _fail(f"trade {t.pk} at {t.price} is outside the limits (buy {buy.price}, sell {sell.price})")
         if t.hardware_id != sell.hardware_id:
             _fail(f"trade {t.pk} is not on its sell order's hardware")
-        if buy.allowed_hardware and sell.hardware.code not in buy.allowed_hardware:
-            _fail(f"trade {t.pk} breaks the hardware rule: {sell.hardware.code} not in {buy.allowed_hardware}")
+        if buy.allowed_hardware_ids and sell.hardware_id not in buy.allowed_hardware_ids:
+            _fail(f"trade {t.pk} breaks the hardware rule: {sell.hardware_id} not in {buy.allowed_hardware_ids}")
         if t.quantity <= 0 or t.quantity % buy.instrument.lot_size:
             _fail(f"trade {t.pk}: quantity {t.quantity} is not a positive number of lots")
         # The taker is the order processed later, i.e. the higher sequence number; in a call
@@ -197,8 +240,12 @@ def _check_orders_and_trades(orders: dict[int, Order], trades: list[Trade]) -> N
             aggressor = "buy" if buy.sequence > sell.sequence else "sell"
         if t.aggressor_side != aggressor:
             _fail(f"trade {t.pk}: aggressor {t.aggressor_side} but the later order is the {aggressor}")
-        if (t.buyer_fee_bps, t.seller_fee_bps) != trade_fee_bps(aggressor=aggressor):
+        if (t.buyer_fee_bps, t.seller_fee_bps) != trade_fee_bps(buy=buy, sell=sell, aggressor=aggressor):
             _fail(f"trade {t.pk}: fees {t.buyer_fee_bps}/{t.seller_fee_bps} bps break the maker/taker rule")
+        maker = sell if aggressor == "buy" else buy
+        terms = ("unused_capacity_share", "output_token_weight", "cached_input_weight")
+        if any(getattr(t, f) != getattr(maker, f) for f in terms):
+            _fail(f"trade {t.pk}: its tier terms are not those frozen on its resting order {maker.pk}")
         fills[buy.pk] += t.quantity
         fills[sell.pk] += t.quantity
     for o in orders.values():
@@ -216,20 +263,20 @@ def _check_orders_and_trades(orders: dict[int, Order], trades: list[Trade]) -> N
 def _check_books(orders: dict[int, Order]) -> None:
     """No crossed continuous book on an idle instrument (see the module docstring)."""
     busy = {o.instrument_id for o in orders.values() if o.status in LIVE and o.pending_match}
-    asks: dict[int, dict[str, Decimal]] = defaultdict(dict)  # instrument -> hardware -> best ask
+    asks: dict[int, dict[int, Decimal]] = defaultdict(dict)  # instrument -> hardware id -> best ask
     bids: dict[int, list[Order]] = defaultdict(list)
     for o in orders.values():
         if o.status not in LIVE or o.pending_match or o.instrument_id in busy:
             continue
         if o.side == "sell":
             best = asks[o.instrument_id]
-            best[o.hardware.code] = min(best.get(o.hardware.code, o.price), o.price)
+            best[o.hardware_id] = min(best.get(o.hardware_id, o.price), o.price)
         else:
             bids[o.instrument_id].append(o)
     for instrument_id, buys in bids.items():
         for b in buys:
             for code, ask in asks[instrument_id].items():
-                if ask <= b.price and (not b.allowed_hardware or code in b.allowed_hardware):
+                if ask <= b.price and (not b.allowed_hardware_ids or code in b.allowed_hardware_ids):
                     _fail(
                         f"idle book of instrument {instrument_id} is crossed: buy {b.pk} at {b.price} >= ask {ask} on {code}"
                     )
@@ -238,20 +285,23 @@ def _check_books(orders: dict[int, Order]) -> None:
 def _check_escrow(
     orders: dict[int, Order], trades: list[Trade], settled: set[int], balances: dict[int, Decimal]
 ) -> None:
-    max_fee = max(settings.MAKER_FEE_BPS, settings.TAKER_FEE_BPS)
     expected: dict[int, Decimal] = defaultdict(Decimal)
     for o in orders.values():
         if o.side == "buy" and o.status in LIVE:
             expected[o.account_id] += order_reservation(
-                remaining=o.quantity - o.filled_quantity,
-                lot_size=o.instrument.lot_size,
+                quantity=o.quantity,
+                filled=o.filled_quantity,
                 price=o.price,
-                max_fee_bps=max_fee,
+                max_fee_bps=max(o.maker_fee_bps, o.taker_fee_bps),
             )
+    filled_before: dict[int, int] = defaultdict(int)  # buy order -> tokens filled by earlier trades
     for t in trades:  # settled or not: a settlement releases exactly what the contract held
+        buy, sell = orders[t.buy_order_id], orders[t.sell_order_id]
         escrow = contract_escrow(
-            quantity=t.quantity, price=t.price, fee_bps=trade_fee_bps(aggressor=t.aggressor_side)[0]
-        )
+            order=buy, filled_before=filled_before[buy.pk], quantity=t.quantity, price=t.price,
+            fee_bps=trade_fee_bps(buy=buy, sell=sell, aggressor=t.aggressor_side)[0],
+        )  # fmt: skip
+        filled_before[buy.pk] += t.quantity
         if t.buyer_escrow != escrow:
             _fail(f"trade {t.pk} says it holds {t.buyer_escrow} in escrow, the contract rule says {escrow}")
         if t.pk not in settled:
@@ -286,7 +336,9 @@ def _check_withdrawal_holds(balances: dict[int, Decimal]) -> None:
 
 
 def _check_usage_and_settlements(orders: dict[int, Order], trades: list[Trade]) -> None:
-    tiers = {i.pk: i.tier for i in Instrument.objects.select_related("tier")}
+    by_pair: dict[tuple[int, int, int], list[Trade]] = defaultdict(list)
+    for t in trades:  # already in match_sequence order per instrument: oldest first
+        by_pair[(t.instrument_id, orders[t.buy_order_id].account_id, orders[t.sell_order_id].account_id)].append(t)
     seen: set[tuple[int, str]] = set()
     usage: dict[tuple[int, int, int], int] = defaultdict(int)
     for e in UsageEvent.objects.order_by("pk").iterator():
@@ -294,17 +346,17 @@ def _check_usage_and_settlements(orders: dict[int, Order], trades: list[Trade]) 
         if key in seen:
             _fail(f"usage event {e.event_id!r} of provider {e.provider_id} is stored twice")
         seen.add(key)
+        pair = (e.instrument_id, e.buyer_id, e.provider_id)
+        if pair not in by_pair:
+            _fail(f"usage event {e.pk} has no contract between its buyer and provider on its instrument")
         billable = billable_tokens(
-            prompt=e.input_tokens, cached=e.cached_input_tokens, completion=e.output_tokens, tier=tiers[e.instrument_id]
+            prompt=e.input_tokens, cached=e.cached_input_tokens, completion=e.output_tokens, terms=by_pair[pair][0]
         )
         if e.billable_tokens != billable:
             _fail(f"usage event {e.pk}: billable_tokens {e.billable_tokens}, its raw counts give {billable}")
-        usage[(e.instrument_id, e.buyer_id, e.provider_id)] += billable
+        usage[pair] += billable
 
     settlements = {s.trade_id: s for s in Settlement.objects.all()}
-    by_pair: dict[tuple[int, int, int], list[Trade]] = defaultdict(list)
-    for t in trades:  # already in match_sequence order per instrument: oldest first
-        by_pair[(t.instrument_id, orders[t.buy_order_id].account_id, orders[t.sell_order_id].account_id)].append(t)
     fees_ids = set(LedgerAccount.objects.filter(kind="fees", owner__isnull=True).values_list("pk", flat=True))
     ledger_of = {
         (owner, kind): pk
@@ -316,20 +368,42 @@ def _check_usage_and_settlements(orders: dict[int, Order], trades: list[Trade]) 
     ).values_list("transaction_id", "account_id", "amount"):
         legs_of[txn_id][account_id] = legs_of[txn_id].get(account_id, ZERO) + amount
 
+    # Every contract's delivered tokens: its pair's usage allocated oldest first.
+    delivered_of: dict[int, int] = {}
+    overage_of: dict[int, int] = {}
+    for pair, contracts in by_pair.items():
+        left = usage.get(pair, 0)
+        for t in contracts:
+            delivered_of[t.pk] = min(t.quantity, left)
+            left -= delivered_of[t.pk]
+            overage_of[t.pk] = 0
+        overage_of[contracts[-1].pk] = left
+    # Values, and fees by the running-total rule over each instrument that has settlements.
+    settled_instruments = {t.instrument_id for t in trades if t.pk in settlements}
+    values: dict[int, Decimal] = {}
+    lines: dict[int, list[tuple]] = defaultdict(list)
+    for t in trades:
+        if t.instrument_id not in settled_instruments:
+            continue
+        d = delivered_of[t.pk]
+        exact = (Decimal(d) + t.unused_capacity_share * (t.quantity - d)) * t.price / PER_MTOK
+        values[t.pk] = min(_half_even_cent(exact), t.buyer_escrow)
+        lines[t.instrument_id].append(
+            (t.pk, t.buyer_id, t.seller_id, exact, values[t.pk], t.buyer_escrow, t.buyer_fee_bps, t.seller_fee_bps)
+        )
+    fees: dict[int, tuple[Decimal, Decimal]] = {}
+    for instrument_lines in lines.values():
+        fees.update(running_fees(instrument_lines))
+
     for pair, contracts in by_pair.items():
         done = [t for t in contracts if t.pk in settlements]
         if not done:
             continue
-        instrument_id, buyer, provider = pair
-        left = usage.get(pair, 0)
+        _, buyer, provider = pair
         counted = 0
-        for i, t in enumerate(contracts):
-            delivered = min(t.quantity, left)
-            left -= delivered
-            s = settlements.get(t.pk)
-            if s is None:
-                continue
-            overage = left if i == len(contracts) - 1 else 0
+        for t in done:
+            s = settlements[t.pk]
+            delivered, overage = delivered_of[t.pk], overage_of[t.pk]
             if (s.delivered_tokens, s.unused_tokens, s.overage_tokens) != (delivered, t.quantity - delivered, overage):
                 _fail(
                     f"settlement of trade {t.pk}: delivered/unused/overage {s.delivered_tokens}/{s.unused_tokens}/"
@@ -338,7 +412,7 @@ def _check_usage_and_settlements(orders: dict[int, Order], trades: list[Trade]) 
                 )
             counted += s.delivered_tokens + s.overage_tokens
             _check_settlement_money(
-                t, s, tiers[instrument_id], buyer, provider, ledger_of, fees_ids, legs_of[s.transaction_id]
+                t, s, values[t.pk], fees[t.pk], buyer, provider, ledger_of, fees_ids, legs_of[s.transaction_id]
             )
         if counted > usage.get(pair, 0) or (len(done) == len(contracts) and counted != usage.get(pair, 0)):
             _fail(f"pair {pair}: settlements count {counted} tokens, its usage events {usage.get(pair, 0)}")
@@ -347,19 +421,16 @@ def _check_usage_and_settlements(orders: dict[int, Order], trades: list[Trade]) 
 def _check_settlement_money(
     t: Trade,
     s: Settlement,
-    tier: Tier,
+    value: Decimal,
+    fees: tuple[Decimal, Decimal],
     buyer: int,
     provider: int,
     ledger_of: dict[tuple[int, str], int],
     fees_ids: set[int],
     legs: dict[int, Decimal],
 ) -> None:
-    unused = t.quantity - s.delivered_tokens
-    value = _half_even_cent((Decimal(s.delivered_tokens) + tier.unused_capacity_share * unused) * t.price / PER_MTOK)
-    buyer_bps, seller_bps = trade_fee_bps(aggressor=t.aggressor_side)
-    buyer_fee = _half_even_cent(value * buyer_bps / BPS)
-    seller_fee = _half_even_cent(value * seller_bps / BPS)
-    escrow = contract_escrow(quantity=t.quantity, price=t.price, fee_bps=buyer_bps)
+    buyer_fee, seller_fee = fees
+    escrow = t.buyer_escrow  # checked against the escrow rule in _check_escrow
     refund = escrow - value - buyer_fee
     want = (value, buyer_fee, seller_fee, value - seller_fee, refund)
     got = (s.value, s.buyer_fee, s.seller_fee, s.provider_payout, s.refund)

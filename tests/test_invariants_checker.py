@@ -165,16 +165,14 @@ def test_a_balance_that_is_not_the_sum_of_its_entries_is_caught(market):
 
 @breaks
 def test_a_reservation_that_leaves_out_the_fee_is_caught(market):
-    """The order's stored reserve_per_lot and the escrow ledger agree with each other, not the rule."""
+    """The live buy's escrow holds its value at the limit without the fee part."""
     buy, buyer = market["live_buy"], market["buyer"]
-    lot_value = D("1.00")  # 1 Mtok at 1.00, no fee
-    fee_part = buy.reserve_per_lot - lot_value
-    assert fee_part > 0
-    Order.objects.filter(pk=buy.pk).update(reserve_per_lot=lot_value)
+    # 4 Mtok at 1.00 + 10 bps = 4.004 -> 4.01 reserved; the fee part is 0.01.
+    assert order_reservation(quantity=buy.quantity, filled=0, price=buy.price, max_fee_bps=10) == D("4.01")
     ledger_post(
         key="broken:fee-less",
         kind="escrow_release",
-        legs=[(ledger_id(buyer, "escrow"), -fee_part * 4), (ledger_id(buyer, "available"), fee_part * 4)],
+        legs=[(ledger_id(buyer, "escrow"), D("-0.01")), (ledger_id(buyer, "available"), D("0.01"))],
     )
     with pytest.raises(AssertionError, match=rf"escrow of account {buyer.pk} is .* open commitments"):
         assert_invariants()
@@ -272,7 +270,8 @@ def test_a_trade_outside_a_limit_is_caught(market):
 @breaks
 def test_a_trade_on_hardware_the_buyer_does_not_accept_is_caught(market):
     t = market["open_contract"]
-    Order.objects.filter(pk=t.buy_order_id).update(allowed_hardware=["a100"])
+    other = Hardware.objects.exclude(pk=t.hardware_id).first()
+    Order.objects.filter(pk=t.buy_order_id).update(allowed_hardware_ids=[other.pk])
     with pytest.raises(AssertionError, match=rf"trade {t.pk} breaks the hardware rule"):
         assert_invariants()
 
@@ -317,7 +316,8 @@ def test_a_crossed_idle_book_is_caught(market):
 
 
 def test_a_resting_bid_over_an_ask_on_hardware_it_refuses_is_not_crossed(market):
-    Order.objects.filter(pk=market["live_buy"].pk).update(allowed_hardware=["a100"])
+    h200 = Hardware.objects.get(code="h200")  # the resting sell is on h100
+    Order.objects.filter(pk=market["live_buy"].pk).update(allowed_hardware_ids=[h200.pk])
     Order.objects.filter(pk=market["resting_sell"].pk).update(price=D("0.99"))  # h100
     assert_invariants()
 
@@ -335,9 +335,41 @@ def test_a_negative_participant_balance_is_caught(market):
         assert_invariants()
 
 
+@breaks
+def test_a_trade_fee_rate_that_is_not_its_orders_frozen_rate_is_caught(market):
+    t = market["open_contract"]
+    Order.objects.filter(pk=t.buy_order_id).update(taker_fee_bps=11)  # the buy took: taker
+    with pytest.raises(AssertionError, match=rf"trade {t.pk}: fees .* break the maker/taker rule"):
+        assert_invariants()
+
+
+@breaks
+def test_trade_tier_terms_that_are_not_its_resting_orders_are_caught(market):
+    t = market["open_contract"]
+    Trade.objects.filter(pk=t.pk).update(unused_capacity_share=D("1"))
+    with pytest.raises(AssertionError, match=rf"trade {t.pk}: its tier terms"):
+        assert_invariants()
+
+
+@breaks
+def test_a_settlement_fee_off_the_running_total_is_caught(market):
+    s = Settlement.objects.get(trade=market["second"])
+    with guards_off(("metering_settlement", "settlement_payout_is_value_less_fee")):
+        Settlement.objects.filter(pk=s.pk).update(
+            seller_fee=F("seller_fee") + D("0.01"), provider_payout=F("provider_payout") - D("0.01")
+        )
+    with pytest.raises(AssertionError, match=rf"settlement of trade {market['second'].pk}: value/fees"):
+        assert_invariants()
+
+
 def test_order_reservation_is_the_documented_rule():
-    """200 Mtok at 1.50 reserves 302.00 (README worked example: 1.51 per lot)."""
-    assert order_reservation(remaining=200_000_000, lot_size=1_000_000, price=D("1.50"), max_fee_bps=10) == D("302.00")
+    """200 Mtok at 1.50 reserves 300.00 + 0.30 = 300.30, rounded up once (README worked
+    example); 100 Mtok at 0.30 reserves 30.03; once 5 Mtok of 8 at 1.50 filled the order holds
+    12.02 - ceil(7.5075) = 4.51 (README "Escrow")."""
+    assert order_reservation(quantity=200_000_000, filled=0, price=D("1.50"), max_fee_bps=10) == D("300.30")
+    assert order_reservation(quantity=100_000_000, filled=0, price=D("0.30"), max_fee_bps=10) == D("30.03")
+    assert order_reservation(quantity=8_000_000, filled=5_000_000, price=D("1.50"), max_fee_bps=10) == D("4.51")
+    assert order_reservation(quantity=8_000_000, filled=8_000_000, price=D("1.50"), max_fee_bps=10) == D("0.00")
 
 
 @breaks

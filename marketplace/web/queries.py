@@ -326,10 +326,7 @@ def quote_get(
 
 def order_reserve(*, instrument: Instrument, price: Decimal, quantity: int) -> Decimal:
     """What a buy order would move into escrow: the same formula order_place uses."""
-    from metering.money import max_fee_bps
-
-    per_lot = money.reserve_per_lot(lot_size=instrument.lot_size, price=price, max_fee_bps=max_fee_bps())
-    return per_lot * (quantity // instrument.lot_size)
+    return money.reserve(quantity=quantity, price=price, max_fee_bps=money.max_fee_bps())
 
 
 @dataclass

@@ -38,10 +38,17 @@ def settled_contract(
     seller_fee: str,
     escrow: str,
     overage: int = 0,
+    seller_fee_bps: int = 5,
 ) -> Trade:
     price_d = Decimal(price)
     seq = _next_sequence(instrument)
     hw = Hardware.objects.get(code="h100")
+    tier = instrument.tier
+    terms = {
+        "unused_capacity_share": tier.unused_capacity_share,
+        "output_token_weight": tier.output_token_weight,
+        "cached_input_weight": tier.cached_input_weight,
+    }
     common = {
         "instrument": instrument,
         "quantity": quantity,
@@ -49,9 +56,15 @@ def settled_contract(
         "status": "filled",
         "filled_quantity": quantity,
         "pending_match": False,
+        # Terms frozen at placement: today's fee rates and the instrument's tier.
+        "maker_fee_bps": 5,
+        "taker_fee_bps": 10,
+        **terms,
     }
     # The sell rests first, the buy takes it: the buyer pays the taker's 10 bps, the seller 5.
-    sell = Order.objects.create(account=seller, side="sell", sequence=seq, hardware=hw, **common)
+    sell = Order.objects.create(
+        account=seller, side="sell", sequence=seq, hardware=hw, **{**common, "maker_fee_bps": seller_fee_bps}
+    )
     buy = Order.objects.create(account=buyer, side="buy", sequence=seq + 1, **common)
     last = Trade.objects.filter(instrument=instrument).aggregate(m=Max("match_sequence"))["m"] or 0
     trade = Trade.objects.create(
@@ -66,8 +79,9 @@ def settled_contract(
         aggressor_side="buy",
         match_sequence=last + 1,
         buyer_fee_bps=10,
-        seller_fee_bps=5,
+        seller_fee_bps=seller_fee_bps,
         buyer_escrow=Decimal(escrow),
+        **terms,
     )
     value_d, bfee, sfee, escrow_d = Decimal(value), Decimal(buyer_fee), Decimal(seller_fee), Decimal(escrow)
     payout = value_d - sfee

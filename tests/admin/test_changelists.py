@@ -79,11 +79,14 @@ def _more_contracts(we, n: int) -> None:
             quantity=2 * M,
             price="2.00",
             delivered=M,
-            # standard tier, unused share 0.25: (1M + 0.25 x 1M) x 2.00 = 2.50; both fees round to 0.00
+            # standard tier, unused share 0.25: (1M + 0.25 x 1M) x 2.00 = 2.50; the buyer's fee
+            # (its only contract) rounds to 0.00; the sells pay no fee, so the providers' running
+            # totals stay those of the worked example.
             value="2.50",
             buyer_fee="0.00",
             seller_fee="0.00",
             escrow="4.01",
+            seller_fee_bps=0,
         )
         usage(instrument=we.i1 if i % 2 else we.i3, provider=we.p1 if i % 3 else we.p2, buyer=buyer, billable=M)
 

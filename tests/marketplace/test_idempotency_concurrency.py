@@ -71,11 +71,11 @@ def test_one_idempotency_key_sent_concurrently_creates_exactly_one_order(catalog
     assert (order.quantity, order.price) == (3_000_000, Decimal("1.25"))
     assert IdempotencyRecord.objects.filter(account=buyer, key="same-key-1").count() == 1
     assert LedgerTransaction.objects.filter(kind=LedgerTransaction.Kind.ESCROW_RESERVE).count() == 1
-    # Reserved once, by the rule of the worked examples: per 1M-token lot 1.25 + the highest
-    # fee (10 bps: 0.00125, rounded up to 0.01) = 1.26; 3 lots = 3.78.
+    # Reserved once, by the rule of the worked examples: 3 Mtok x 1.25 = 3.75, + the highest
+    # fee (10 bps: 0.00375) = 3.75375, rounded up once to the cent: 3.76.
     assert balances_get(account=buyer) == {
-        "available": Decimal("996.22"),
-        "escrow": Decimal("3.78"),
+        "available": Decimal("996.24"),
+        "escrow": Decimal("3.76"),
         "owed": Decimal("0.00"),
     }
     for r in responses:

@@ -36,10 +36,11 @@ def test_it_places_a_buy_order_and_reserves_escrow(buyer_api, buyer, instrument)
     assert data["status"] == "open" and data["price"] == "1.50" and data["quantity"] == 10_000_000
     order = Order.objects.get(pk=data["id"])
     assert order.pending_match and order.sequence is None  # the matcher gives it one
-    # 10 lots x (15.00 value + 0.02 highest fee rounded up) = 150.20
-    assert order.reserve_per_lot == Decimal("1.51")
+    # 10 Mtok x 1.50 = 15.00, + the highest fee (10 bps) = 15.015, rounded up once: 15.02
+    # (rounding per lot reserved 10 x 1.51 = 15.10); the fee rates are frozen on the order.
+    assert (order.maker_fee_bps, order.taker_fee_bps) == (5, 10)
     b = balances_get(account=buyer)
-    assert b["escrow"] == Decimal("15.10") and b["available"] == Decimal("100000.00") - Decimal("15.10")
+    assert b["escrow"] == Decimal("15.02") and b["available"] == Decimal("100000.00") - Decimal("15.02")
     assert_invariants()
 
 
@@ -120,7 +121,7 @@ def test_idempotency_key_replays_the_first_response(buyer_api, buyer, instrument
     assert r1.json()["id"] == r2.json()["id"]
     assert r2["Idempotent-Replayed"] == "true"
     assert Order.objects.count() == 1
-    assert balances_get(account=buyer)["escrow"] == Decimal("15.10")
+    assert balances_get(account=buyer)["escrow"] == Decimal("15.02")  # 15.00 + 10 bps, rounded up once
 
 
 def test_idempotency_key_with_another_body_is_a_conflict(buyer_api, instrument):

@@ -5,13 +5,18 @@ settlement". Nothing here imports the exchange's code: the arithmetic is exact (
 the two rounding rules are written out by hand, so a bug in metering.money / metering.settlement /
 metering.usage cannot also be in the expected values.
 
-- Reserved amounts round UP to the cent; charged or paid amounts round HALF-EVEN to the cent,
-  once per contract. Billable tokens round half-even to a whole token per event.
+- Reserved amounts round UP to the cent, ONCE on the whole amount: a buy of q tokens at limit L
+  reserves ceil(q x L / 1M x (1 + highest fee bps / 10,000)), and holds that less the same rule
+  applied to what has filled. A contract's value rounds HALF-EVEN to the cent, once.
+  Billable tokens round half-even to a whole token per event.
+- A fill takes from its order's escrow what the order's holding drops by; the contract keeps at
+  most its full value plus its buyer fee rounded up (ceil(x x p / 1M x (1 + bps))).
 - A pair's usage fills its contracts oldest first; what is left after the newest is overage.
-- value = (delivered + share x unused) x price / 1M; fee = value x bps / 10,000;
-  provider = value - seller fee; refund = escrow - value - buyer fee.
-- A contract's escrow = ceil(full value) + ceil(that value x buyer bps); a buy order's
-  reservation per lot = ceil(lot value) + ceil(that value x the highest fee bps).
+- value = (delivered + share x unused) x price / 1M, rounded half-even, at most the escrow.
+- Fees accrue unrounded (exact value x bps / 10,000); per account and role on an instrument the
+  running total is rounded half-even, and a contract pays what it rose by plus what earlier
+  contracts could not hold, at most escrow - value (buyer) or value (seller).
+- provider = value - seller fee; refund = escrow - value - buyer fee.
 """
 
 from __future__ import annotations
@@ -64,13 +69,39 @@ def allocate_oldest_first(usage: int, quantities: list[int]) -> tuple[list[int],
     return delivered, usage
 
 
+def reserve(*, quantity: int, price: Decimal, max_fee_bps: int) -> Decimal:
+    """What a buy of `quantity` tokens at limit `price` reserves."""
+    return cents_up(Fraction(quantity) * _exact(price) / MTOK * (10_000 + max_fee_bps) / 10_000)
+
+
+def order_holds(*, quantity: int, filled: int, price: Decimal, max_fee_bps: int) -> Decimal:
+    """What a live buy order holds in escrow once `filled` of its tokens filled."""
+    if filled >= quantity:
+        return Decimal("0")
+    kw = {"price": price, "max_fee_bps": max_fee_bps}
+    return reserve(quantity=quantity, **kw) - reserve(quantity=filled, **kw)
+
+
+def contract_need(*, quantity: int, price: Decimal, fee_bps: int) -> Decimal:
+    """A contract's full value plus its buyer fee, rounded up once."""
+    return reserve(quantity=quantity, price=price, max_fee_bps=fee_bps)
+
+
+def fill_split(
+    *, order_quantity: int, limit: Decimal, max_fee_bps: int, filled_before: int, quantity: int, price: Decimal,
+    fee_bps: int,
+) -> tuple[Decimal, Decimal]:
+    """(the contract's escrow, released at once) of a fill."""
+    kw = {"quantity": order_quantity, "price": limit, "max_fee_bps": max_fee_bps}
+    took = order_holds(filled=filled_before, **kw) - order_holds(filled=filled_before + quantity, **kw)
+    keep = min(took, contract_need(quantity=quantity, price=price, fee_bps=fee_bps))
+    return keep, took - keep
+
+
 def contract_escrow(*, quantity: int, price: Decimal, fee_bps: int) -> Decimal:
-    value = cents_up(Fraction(quantity) * _exact(price) / MTOK)
-    return value + cents_up(_exact(value) * fee_bps / 10_000)
-
-
-def reserve_per_lot(*, lot_size: int, price: Decimal, max_fee_bps: int) -> Decimal:
-    return contract_escrow(quantity=lot_size, price=price, fee_bps=max_fee_bps)
+    """The escrow of a contract that is its buy order's only fill, at the order's limit (then
+    the order's reservation at the buyer's fee is exactly the contract's need)."""
+    return contract_need(quantity=quantity, price=price, fee_bps=fee_bps)
 
 
 @dataclass(frozen=True)
@@ -84,32 +115,76 @@ class Pay:
     refund: Decimal
 
 
+def contract_value(*, quantity: int, delivered: int, price: Decimal, share: Decimal, escrow: Decimal) -> tuple[Fraction, Decimal]:
+    exact = (delivered + _exact(share) * (quantity - delivered)) * _exact(price) / MTOK
+    return exact, min(cents_half_even(exact), escrow)
+
+
+def running_fees(lines: list[tuple]) -> list[tuple[Decimal, Decimal]]:
+    """Fees of contracts of one instrument, oldest first: lines are (buyer, seller, exact value,
+    value, escrow, buyer bps, seller bps). Increments of each account's rounded running total,
+    each at most what the contract has room for; what is still due at the end goes on the
+    account's contracts with room left, oldest first."""
+    zero = Decimal("0")
+    exact: dict[tuple, Fraction] = {}
+    charged: dict[tuple, Decimal] = {}
+    room_left: list[list[Decimal]] = []
+    out: list[list[Decimal]] = []
+    for buyer, seller, exact_value, value, escrow, b_bps, s_bps in lines:
+        pair, rooms = [], []
+        for key, bps, room in ((("b", buyer), b_bps, escrow - value), (("s", seller), s_bps, value)):
+            exact[key] = exact.get(key, Fraction(0)) + exact_value * bps / 10_000
+            due = cents_half_even(exact[key]) - charged.get(key, zero)
+            fee = min(max(due, zero), max(room, zero))
+            charged[key] = charged.get(key, zero) + fee
+            pair.append(fee)
+            rooms.append(max(room, zero) - fee)
+        out.append(pair)
+        room_left.append(rooms)
+    for key, total in exact.items():
+        due = cents_half_even(total) - charged[key]
+        side = 0 if key[0] == "b" else 1
+        for n, (buyer, seller, *_rest) in enumerate(lines):
+            if due <= 0:
+                break
+            if (buyer, seller)[side] != key[1]:
+                continue
+            add = min(due, room_left[n][side])
+            out[n][side] += add
+            due -= add
+    return [(a, b) for a, b in out]
+
+
 def contract_pay(
     *, quantity: int, delivered: int, price: Decimal, share: Decimal, buyer_bps: int, seller_bps: int, escrow: Decimal
 ) -> Pay:
+    """One contract that is alone on its instrument for both its accounts."""
+    exact, value = contract_value(quantity=quantity, delivered=delivered, price=price, share=share, escrow=escrow)
+    [(buyer_fee, seller_fee)] = running_fees([(1, 2, exact, value, escrow, buyer_bps, seller_bps)])
     unused = quantity - delivered
-    value = cents_half_even((delivered + _exact(share) * unused) * _exact(price) / MTOK)
-    buyer_fee = cents_half_even(_exact(value) * buyer_bps / 10_000)
-    seller_fee = cents_half_even(_exact(value) * seller_bps / 10_000)
     return Pay(delivered, unused, value, buyer_fee, seller_fee, value - seller_fee, escrow - value - buyer_fee)
 
 
 @dataclass(frozen=True)
 class Contract:
     key: object  # whatever identifies it to the caller (a trade id)
-    pair: tuple  # (buyer, provider)
+    pair: tuple  # (buyer, provider), or (instrument, buyer, provider)
     sequence: int  # match sequence: lower is older
     quantity: int
     price: Decimal
     buyer_bps: int
     seller_bps: int
     escrow: Decimal
+    share: Decimal | None = None  # frozen on the trade; None: the share given to settle()
 
 
 def settle(contracts: list[Contract], usage: dict[tuple, int], share: Decimal) -> tuple[dict[object, Pay], dict[object, int]]:
-    """Every contract's pay, and the overage recorded on each (on the newest of its pair)."""
-    pays: dict[object, Pay] = {}
+    """Every contract's pay, and the overage recorded on each (on the newest of its pair).
+
+    A pair of three elements is (instrument, buyer, provider): fees run per instrument; a pair
+    of two is (buyer, provider), all on one instrument."""
     overage: dict[object, int] = {}
+    delivered_of: dict[object, int] = {}
     pairs: dict[tuple, list[Contract]] = {}
     for c in contracts:
         pairs.setdefault(c.pair, []).append(c)
@@ -117,10 +192,24 @@ def settle(contracts: list[Contract], usage: dict[tuple, int], share: Decimal) -
         group = sorted(group, key=lambda c: c.sequence)
         delivered, over = allocate_oldest_first(usage.get(pair, 0), [c.quantity for c in group])
         for c, d in zip(group, delivered, strict=True):
-            pays[c.key] = contract_pay(
-                quantity=c.quantity, delivered=d, price=c.price, share=share,
-                buyer_bps=c.buyer_bps, seller_bps=c.seller_bps, escrow=c.escrow,
-            )  # fmt: skip
+            delivered_of[c.key] = d
             overage[c.key] = 0
         overage[group[-1].key] = over
+    by_instrument: dict[object, list[Contract]] = {}
+    for c in contracts:
+        by_instrument.setdefault(c.pair[0] if len(c.pair) == 3 else None, []).append(c)
+    pays: dict[object, Pay] = {}
+    for group in by_instrument.values():
+        group = sorted(group, key=lambda c: c.sequence)
+        lines, values = [], []
+        for c in group:
+            c_share = share if c.share is None else c.share
+            exact, value = contract_value(
+                quantity=c.quantity, delivered=delivered_of[c.key], price=c.price, share=c_share, escrow=c.escrow
+            )
+            values.append(value)
+            lines.append((c.pair[-2], c.pair[-1], exact, value, c.escrow, c.buyer_bps, c.seller_bps))
+        for c, value, (b_fee, s_fee) in zip(group, values, running_fees(lines), strict=True):
+            d = delivered_of[c.key]
+            pays[c.key] = Pay(d, c.quantity - d, value, b_fee, s_fee, value - s_fee, c.escrow - value - b_fee)
     return pays, overage

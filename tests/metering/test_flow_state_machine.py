@@ -165,9 +165,8 @@ class MoneyFlow(RuleBasedStateMachine):
         before = balances_get(account=order.account)
         order_cancel(account=order.account, order_id=order.pk)
         after = balances_get(account=order.account)
-        lots = (order.quantity - order.filled_quantity) // self.inst.lot_size
-        release = lots * reference.reserve_per_lot(lot_size=self.inst.lot_size, price=order.price,
-                                                   max_fee_bps=max(MAKER_BPS, TAKER_BPS))  # fmt: skip
+        release = reference.order_holds(quantity=order.quantity, filled=order.filled_quantity, price=order.price,
+                                        max_fee_bps=max(MAKER_BPS, TAKER_BPS))  # fmt: skip
         assert (after["available"] - before["available"], before["escrow"] - after["escrow"]) == (release, release)
         reached("cancel after a partial fill")
 
@@ -345,12 +344,24 @@ class MoneyFlow(RuleBasedStateMachine):
         return (TAKER_BPS, MAKER_BPS) if t.aggressor_side == "buy" else (MAKER_BPS, TAKER_BPS)
 
     def _contract_escrow(self, t: Trade) -> Decimal:
-        return reference.contract_escrow(quantity=t.quantity, price=t.price, fee_bps=self._fees_bps(t)[0])
+        """What the fill took from its buy order's reservation, at most its value plus fee
+        (reference.fill_split), the order's earlier fills (match sequence) taken into account."""
+        order = Order.objects.get(pk=t.buy_order_id)
+        before = sum(
+            Trade.objects.filter(buy_order_id=t.buy_order_id, match_sequence__lt=t.match_sequence).values_list(
+                "quantity", flat=True
+            )
+        )
+        keep, _ = reference.fill_split(
+            order_quantity=order.quantity, limit=order.price, max_fee_bps=max(MAKER_BPS, TAKER_BPS),
+            filled_before=before, quantity=t.quantity, price=t.price, fee_bps=self._fees_bps(t)[0],
+        )  # fmt: skip
+        return keep
 
     def _escrow(self) -> dict[int, Decimal]:
         """Each account's escrow by the documented rules: every live buy the machine placed holds
-        its unfilled lots x the reservation per lot at its limit and the highest fee; every
-        unsettled contract holds its full value plus the buyer's fee."""
+        its reservation (quantity x limit + the highest fee, rounded up once) less that of what
+        filled; every unsettled contract what its fill took, at most its value plus fee."""
         escrow = {a.pk: Decimal("0.00") for a in self.buyers + self.providers}
         lot = self.inst.lot_size
         for order_id, status, filled in Order.objects.filter(pk__in=self.model.buys).values_list(
@@ -358,8 +369,8 @@ class MoneyFlow(RuleBasedStateMachine):
         ):
             buyer, lots, limit = self.model.buys[order_id]
             if status in LIVE_STATUSES:
-                per_lot = reference.reserve_per_lot(lot_size=lot, price=limit, max_fee_bps=max(MAKER_BPS, TAKER_BPS))
-                escrow[buyer] += (lots - filled // lot) * per_lot
+                escrow[buyer] += reference.order_holds(quantity=lots * lot, filled=filled, price=limit,
+                                                       max_fee_bps=max(MAKER_BPS, TAKER_BPS))  # fmt: skip
         for t in Trade.objects.filter(settlement__isnull=True):
             assert t.buyer_escrow == self._contract_escrow(t), t
             escrow[t.buyer_id] += self._contract_escrow(t)

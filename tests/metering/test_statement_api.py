@@ -97,7 +97,7 @@ def test_balances_per_currency(catalog, buyer, buyer_api, instrument):
     r = buyer_api.get("/api/v1/balances").json()
     assert r == {
         "account": buyer.slug,
-        "balances": [{"currency": "CNY", "available": "99984.90", "escrow": "15.10", "owed": "0.00", "pending_withdrawal": "0.00"}],
+        "balances": [{"currency": "CNY", "available": "99984.98", "escrow": "15.02", "owed": "0.00", "pending_withdrawal": "0.00"}],
     }
 
 
@@ -106,10 +106,11 @@ def test_ledger_lists_own_entries_with_running_balance_and_filters(catalog, buye
     factories.place(buyer, instrument, "buy", 10, "1.50")
     client = api_client_for(buyer, ("read",))
     rows = client.get("/api/v1/ledger").json()["results"]
-    # newest first: reserve (escrow +15.10, available -15.10), deposit 5.00, deposit 100,000.00
+    # newest first: reserve (10 Mtok x 1.50 + 10 bps = 15.015 -> 15.02: escrow +15.02, available
+    # -15.02), deposit 5.00, deposit 100,000.00
     assert [(x["kind"], x["account"], x["amount"], x["balance"]) for x in rows] == [
-        ("escrow_reserve", "escrow", "15.10", "15.10"),
-        ("escrow_reserve", "available", "-15.10", "99989.90"),
+        ("escrow_reserve", "escrow", "15.02", "15.02"),
+        ("escrow_reserve", "available", "-15.02", "99989.98"),
         ("deposit", "available", "5.00", "100005.00"),
         ("deposit", "available", "100000.00", "100000.00"),
     ]

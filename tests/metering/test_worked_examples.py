@@ -44,13 +44,14 @@ def test_deposit_1000_buy_200_mtok_at_1_50_deliver_150_mtok_settle(catalog):
     assert balances_get(account=buyer) == {"available": D("1000.00"), "escrow": D("0.00"), "owed": D("0.00")}
 
     # The provider's sell rests (maker, 5 bps); the buyer's buy takes it (taker, 10 bps).
-    # At placement the buy reserves, per 1M-token lot, 1.50 + the highest fee (0.0015, rounded up
-    # to 0.01) = 1.51; 200 lots = 302.00.
+    # At placement the buy reserves 200 Mtok x 1.50 = 300.00 + the highest fee (10 bps: 0.30),
+    # rounded up once: 300.30.
     factories.place(provider, inst, "sell", 200, "1.50")
     factories.place(buyer, inst, "buy", 200, "1.50")
-    assert balances_get(account=buyer) == {"available": D("698.00"), "escrow": D("302.00"), "owed": D("0.00")}
+    assert balances_get(account=buyer) == {"available": D("699.70"), "escrow": D("300.30"), "owed": D("0.00")}
 
-    # The fill: the contract keeps 300.00 value + 0.30 taker fee = 300.30; 1.70 comes back.
+    # The fill at the limit as taker: the contract keeps 300.00 value + 0.30 taker fee = 300.30;
+    # nothing comes back.
     instrument_match(instrument_id=inst.pk)
     trade = inst.trades.get()
     assert (trade.quantity, trade.price, trade.buyer_fee_bps, trade.seller_fee_bps) == (200_000_000, D("1.50"), 10, 5)

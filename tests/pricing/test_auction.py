@@ -272,10 +272,27 @@ def test_indicative_price_equals_the_clearing_price():
 
 
 def _contract_escrow(trade):
-    """Full value at the clearing price plus the buyer's fee (the later order of a pair is the taker)."""
-    buyer_is_taker = trade.buy_order.sequence > trade.sell_order.sequence
+    """What the fill took from its buy's reservation (at its limit and highest fee, rounded once),
+    at most its full value at the clearing price plus the buyer's fee (the later order of a pair
+    is the taker): reference.fill_split, after the buy's earlier fills."""
+    buy = trade.buy_order
+    buyer_is_taker = buy.sequence > trade.sell_order.sequence
     fee = settings_.TAKER_FEE_BPS if buyer_is_taker else settings_.MAKER_FEE_BPS
-    return reference.contract_escrow(quantity=trade.quantity, price=trade.price, fee_bps=fee)
+    before = sum(
+        Trade.objects.filter(buy_order=buy, match_sequence__lt=trade.match_sequence).values_list("quantity", flat=True)
+    )
+    keep, _ = reference.fill_split(
+        order_quantity=buy.quantity, limit=buy.price, max_fee_bps=max_fee_bps(), filled_before=before,
+        quantity=trade.quantity, price=trade.price, fee_bps=fee,
+    )  # fmt: skip
+    return keep
+
+
+@pytest.fixture
+def instrument(catalog):
+    """Two days ahead: its auction's gate (noon UTC the day before delivery) is still ahead
+    whatever the time of day, so orders are accepted while it collects."""
+    return factories.open_instrument(day=timezone.now().date() + dt.timedelta(days=2))
 
 
 def _provider():
@@ -324,7 +341,7 @@ def test_orders_collect_during_the_auction_and_clear_at_one_price(instrument, bu
     # Escrow: b1 reserved 10 lots at its 2.20 limit; it now holds only its contracts at 2.10.
     # (Amounts by the documented reservation rule, tests/metering/reference.py, not stored figures.)
     held = sum(_contract_escrow(t) for t in trades if t.buyer_id == buyer.pk)
-    b3_reserve = 10 * reference.reserve_per_lot(lot_size=instrument.lot_size, price=D("2.09"), max_fee_bps=max_fee_bps())
+    b3_reserve = reference.reserve(quantity=10 * instrument.lot_size, price=D("2.09"), max_fee_bps=max_fee_bps())
     assert balances_get(account=buyer)["escrow"] == held + b3_reserve
     assert_invariants()
 
@@ -419,8 +436,9 @@ def test_auctions_open_for_tomorrow_before_the_gate_and_clear_after(catalog, buy
     assert not CallAuction.objects.exclude(instrument__delivery_date=tomorrow).exists()
     assert auctions_open_due(now=before) == 0  # idempotent
     inst = Instrument.objects.get(delivery_date=tomorrow, tier__code="standard", region__code="cn-west-1")
-    factories.place(buyer, inst, "buy", 1, "2.00")
-    factories.place(provider, inst, "sell", 1, "2.00")
+    # Placed before the gate (after it, the instrument refuses orders until the clear).
+    factories.place(buyer, inst, "buy", 1, "2.00", now=before)
+    factories.place(provider, inst, "sell", 1, "2.00", now=before)
     # The sweep leaves collecting books alone (their pending orders are not lost).
     assert tasks.sweep()["enqueued"] == 0
     assert auctions_clear_due(now=before) == []
@@ -437,7 +455,7 @@ def test_auction_api_for_a_book_without_an_auction_is_404(instrument):
     assert r.status_code == 404 and r.json()["error"]["code"] == "no_call_auction"
 
 
-_db_days = itertools.count(1)
+_db_days = itertools.count(2)  # from two days ahead: the gate (noon the day before) is ahead
 
 
 @pytest.mark.django_db

@@ -161,7 +161,7 @@ def test_refused_submissions_change_nothing():
         book.submit(order(3, BUY, "1.00", -1))
     no_hardware = order(4, SELL, "1.00", 1)
     no_hardware.hardware = None
-    with pytest.raises(AssertionError, match=r"^a sell order names its hardware$"):
+    with pytest.raises(ValueError, match=r"^sell order 4 names no hardware$"):
         book.submit(no_hardware)
     assert resting(book) == [(1, 2)]
 

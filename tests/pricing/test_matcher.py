@@ -81,7 +81,8 @@ def test_gtc_buy_fills_at_the_resting_price_rests_its_remainder_and_releases_pri
 ):
     sell = place(provider, instrument, "sell", 5, "1.20")
     buy = place(buyer, instrument, "buy", 8, "1.50")
-    assert balances_get(account=buyer)["escrow"] == 8 * D("1.51")
+    # 8 Mtok x 1.50 = 12.00, + 10 bps = 12.012, rounded up once: 12.02.
+    assert balances_get(account=buyer)["escrow"] == D("12.02")
 
     report = match(instrument)
 
@@ -92,10 +93,11 @@ def test_gtc_buy_fills_at_the_resting_price_rests_its_remainder_and_releases_pri
     reload(sell, buy)
     assert (sell.status, sell.filled_quantity, sell.pending_match) == (OrderStatus.FILLED, 5_000_000, False)
     assert (buy.status, buy.filled_quantity, buy.pending_match) == (OrderStatus.PARTIALLY_FILLED, 5_000_000, False)
-    # Escrow: the 3 open lots at 1.51 plus the contract's 6.01; the rest (7.55 - 6.01) came back.
+    # Escrow: the order holds 12.02 - ceil(7.5075) = 4.51 for its 3 open Mtok, the contract
+    # ceil(6.006) = 6.01; the fill took 7.51, so 1.50 of price improvement came back.
     b = balances_get(account=buyer)
-    assert b["escrow"] == 3 * D("1.51") + D("6.01") == D("10.54")
-    assert b["available"] == FUNDS - D("10.54")
+    assert b["escrow"] == D("4.51") + D("6.01") == D("10.52")
+    assert b["available"] == FUNDS - D("10.52")
     book = instrument.book
     book.refresh_from_db()
     assert (book.best_bid, book.best_ask, book.last_price) == (D("1.50"), None, D("1.20"))
@@ -156,8 +158,10 @@ def test_fok_fills_completely_or_not_at_all(buyer, provider, instrument):
     assert (fits.status, fits.filled_quantity) == (OrderStatus.FILLED, 4_000_000)
     assert trades_of(instrument) == [(fits.pk, s1.pk, D("1.10"), 3, "h100"), (fits.pk, s2.pk, D("1.20"), 1, "h100")]
     assert (s2.status, s2.remaining) == (OrderStatus.PARTIALLY_FILLED, 2_000_000)
-    # Contracts: 3 @ 1.10 = 3.30 + 0.01; 1 @ 1.20 = 1.20 + 0.01. Nothing else stays reserved.
-    assert balances_get(account=buyer)["escrow"] == D("3.31") + D("1.21")
+    # fits reserved ceil(4.80 x 1.001) = 4.81. 3 @ 1.10: the fill takes 4.81 - (4.81 - ceil(3.6036))
+    # = 3.61, the contract keeps ceil(3.3033) = 3.31, 0.30 back; 1 @ 1.20: the last 1.20 (a cent
+    # below ceil(1.2012), what rounding once left). Nothing else stays reserved.
+    assert balances_get(account=buyer)["escrow"] == D("3.31") + D("1.20")
     assert_replay_equal(instrument)
     assert_invariants()
 
@@ -171,7 +175,7 @@ def test_post_only_rests_when_it_would_not_cross_and_is_rejected_when_it_would(b
     assert (rests.status, rests.pending_match) == (OrderStatus.OPEN, False)
     assert (crosses.status, crosses.status_reason) == (OrderStatus.REJECTED, "post_only_would_cross")
     assert not Trade.objects.exists()
-    assert balances_get(account=buyer)["escrow"] == 2 * D("1.20")  # 1.19 + 0.01 per lot, one order
+    assert balances_get(account=buyer)["escrow"] == D("2.39")  # ceil(2.38 x 1.001), one order
     assert_invariants()
 
 

@@ -123,12 +123,12 @@ def test_buyer_sees_fill_live_cancels_rest_and_statement_shows_escrow(site):
     buyer_page.goto(symbol_url)
     _fill_order(buyer_page, side="buy", mtok="10", price="2.00")
     buyer_page.wait_for_function(
-        "document.querySelector('#preview-reserve') && document.querySelector('#preview-reserve').textContent.includes('20.10')"
+        "document.querySelector('#preview-reserve') && document.querySelector('#preview-reserve').textContent.includes('20.02')"
     )
     buyer_page.get_by_role("button", name="Place buy order").click()
     buyer_page.get_by_text(re.compile(r"Order #\d+ placed: buy 10 Mtok at 2")).wait_for()
     order = Order.objects.get(account=buyer)
-    assert balances_get(account=buyer)["escrow"] == Decimal("20.10")
+    assert balances_get(account=buyer)["escrow"] == Decimal("20.02")  # 20.00 + 10 bps, rounded up once
     instrument_match(instrument_id=instrument.pk)  # what a worker does after the commit
     row = buyer_page.locator(f"#my-orders #order-{order.pk}")
     row.wait_for()
@@ -178,7 +178,7 @@ def test_buyer_sees_fill_live_cancels_rest_and_statement_shows_escrow(site):
     assert statement.locator("tr[data-kind='escrow_reserve'][data-balance='escrow']").count() == 1
     assert statement.locator("tr[data-kind='escrow_release'][data-balance='escrow']").count() == 1
     released = statement.locator("tr[data-kind='escrow_release'][data-balance='escrow'] td").nth(3).inner_text()
-    assert released == "-12.06"  # the 6 unfilled lots x 2.01
+    assert released == "-12.01"  # 20.02 reserved - ceil(4 Mtok x 2.00 x 1.001) = 20.02 - 8.01
     balances = balances_get(account=buyer)
     assert buyer_page.locator("#bal-escrow").inner_text() == f"{balances['escrow']:,}"
     assert balances["escrow"] == trade.buyer_escrow

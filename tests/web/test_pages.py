@@ -250,10 +250,9 @@ def test_placing_a_buy_records_it_and_reserves_escrow(instrument, buyer, buyer_w
     assert (order.side, order.quantity, order.price) == ("buy", 10_000_000, Decimal("2.00"))
     assert order.allowed_hardware == ["h100", "h200"]
     after = balances_get(account=buyer)
-    assert after["escrow"] == before["escrow"] + Decimal(
-        "20.10"
-    )  # 10 lots x (2.00 + its 0.1% fee rounded up to a cent)
-    assert after["available"] == before["available"] - Decimal("20.10")
+    # 10 Mtok x 2.00 = 20.00, + the highest fee (10 bps) = 20.02, rounded up once
+    assert after["escrow"] == before["escrow"] + Decimal("20.02")
+    assert after["available"] == before["available"] - Decimal("20.02")
     page = buyer_web.get(instrument.get_absolute_url()).content.decode()
     assert f"Order #{order.pk} placed" in page
     assert_invariants()
@@ -303,7 +302,7 @@ def test_insufficient_funds_says_how_to_get_a_deposit(instrument, catalog):
     response = _order_post(client, instrument, quantity_mtok="100", price="5.00")
     assert response.status_code == 400
     errors = response.context["form"].non_field_errors()
-    assert any("needs 501.00 CNY in escrow" in e for e in errors)
+    assert any("needs 500.50 CNY in escrow" in e for e in errors)  # 500.00 + 10 bps, rounded up once
     assert any("deposit" in e for e in errors)
     assert not Order.objects.filter(account=poor).exists()
 
@@ -329,7 +328,7 @@ def test_order_preview_shows_reserve_quote_and_floor(instrument, buyer, provider
     _match(instrument)
     url = reverse("web:order_preview", args=[instrument.symbol])
     body = buyer_web.get(url, {"side": "buy", "quantity_mtok": "10", "price": "2.40"}).content.decode()
-    assert "24.10 CNY" in body  # 10 lots x (2.40 + a fee of 0.0024 rounded up to 0.01)
+    assert "24.03 CNY" in body  # 24.00 + the highest fee 0.024 = 24.024, rounded up once
     assert "10 Mtok at avg 2.22" in body  # (4 x 2.10 + 6 x 2.30) / 10
     only_h100 = buyer_web.get(url, {"side": "buy", "quantity_mtok": "10", "price": "2.40", "allowed_hardware": "h100"})
     assert (
@@ -466,9 +465,10 @@ def test_balances_and_statement_with_running_balance(instrument, buyer, other_bu
     factories.place(other_buyer, instrument, "buy", 7, "3.00")
     response = buyer_web.get(reverse("web:balances"))
     page = response.content.decode()
-    assert 'id="bal-available">99,979.90<' in page and 'id="bal-escrow">20.10<' in page
+    # 10 Mtok x 2.00 + 10 bps = 20.02 reserved (rounded up once)
+    assert 'id="bal-available">99,979.98<' in page and 'id="bal-escrow">20.02<' in page
     assert "Escrow Reserve" in page and "Deposit" in page
-    assert "100,000.00" in page and "99,979.90" in page  # running balance after deposit, then after the reserve
+    assert "100,000.00" in page and "99,979.98" in page  # running balance after deposit, then after the reserve
     assert "7,000,000" not in page and "@ 3.00" not in page  # the other account's order never shows
     entries = list(response.context["entries"])
     assert {e.account.owner_id for e in entries} == {buyer.pk}
@@ -481,12 +481,12 @@ def test_statement_filter_and_csv(instrument, buyer, buyer_web, other_buyer):
     filtered = buyer_web.get(reverse("web:balances"), {"ledger_kind": "escrow"})
     kinds = [e.transaction.kind for e in filtered.context["entries"]]
     assert kinds == ["escrow_release", "escrow_reserve"]
-    assert [e.balance_after for e in filtered.context["entries"]] == [Decimal("0.00"), Decimal("20.10")]
+    assert [e.balance_after for e in filtered.context["entries"]] == [Decimal("0.00"), Decimal("20.02")]
     response = buyer_web.get(reverse("web:statement_csv"), {"transaction_kind": "escrow_release"})
     assert response["Content-Type"].startswith("text/csv")
     rows = list(csv.reader(io.StringIO(b"".join(response.streaming_content).decode())))
     assert rows[0][:6] == ["time_utc", "transaction", "kind", "balance", "amount", "running_balance"]
-    assert sorted((r[3], r[4]) for r in rows[1:]) == [("available", "20.10"), ("escrow", "-20.10")]
+    assert sorted((r[3], r[4]) for r in rows[1:]) == [("available", "20.02"), ("escrow", "-20.02")]
     everything = buyer_web.get(reverse("web:statement_csv"))
     text = b"".join(everything.streaming_content).decode()
     assert other_buyer.slug not in text and text.count("\n") == 1 + 5  # deposit + reserve (2) + release (2)
