@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('marketplace', '0004_frozen_contract_terms'),
+        ('marketplace', '0005_frozen_contract_terms'),
         ('metering', '0004_funding_requests'),
     ]
 

@@ -80,7 +80,7 @@ def freeze_existing(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('marketplace', '0003_cache_generation'),
+        ('marketplace', '0004_drop_indexes_led_by_other_indexes'),
         ('metering', '0004_funding_requests'),
     ]
 
