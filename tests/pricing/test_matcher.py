@@ -318,8 +318,10 @@ def test_cancel_of_an_order_the_matcher_has_not_reached_keeps_it_out_of_replay(b
 def test_the_matcher_applies_cancels_while_an_instrument_is_halted(buyer, provider, instrument):
     buy = place(buyer, instrument, "buy", 5, "1.30")
     match(instrument)
-    market.instrument_set_status(instrument=instrument, status=Instrument.Status.HALTED)
+    # Accepted before the halt, still waiting for the matcher when the halt comes (a halted
+    # instrument takes no new orders: placement refuses them in its INSERT).
     pending = place(provider, instrument, "sell", 5, "1.20")
+    market.instrument_set_status(instrument=instrument, status=Instrument.Status.HALTED)
     market.order_cancel_request(account=buyer, order_id=buy.pk)
     assert match(instrument).processed == 1
     reload(buy, pending)
