@@ -29,7 +29,7 @@ from . import order_terms
 from .cache_generation import API_KEYS, CATALOG, generation_bump
 from .catalog_cache import catalog_hardware_ids, catalog_instrument
 from .errors import NotFound, ServiceError
-from .market_snapshot import snapshot_publish_on_commit
+from .market_snapshot import reference_price_get, snapshot_publish_on_commit
 from .models import (
     LIVE_STATUSES,
     TOKENS_PER_PRICE_UNIT,
@@ -298,6 +298,27 @@ def _instrument_key_share(*, instrument_id: int) -> None:
             cur.execute("SELECT 1 FROM marketplace_instrument WHERE id = %s FOR KEY SHARE", [instrument_id])
 
 
+def _price_band_enforce(*, instrument: Instrument, price: Decimal) -> None:
+    """Price protection: refuse `price` outside the tier's band around the last trade.
+
+    The reference comes from the market snapshot's cache entry (no query on the order path);
+    the band from the instrument's tier, which the catalog cache loaded with the instrument.
+    """
+    band = instrument.tier.price_band
+    if band <= 0:
+        return
+    try:
+        order_terms.price_band_check(
+            price=price,
+            reference=reference_price_get(instrument_id=instrument.pk),
+            band=band,
+            tick_size=instrument.tick_size,
+            symbol=instrument.symbol,
+        )
+    except order_terms.OrderTermsError as exc:
+        raise ServiceError(exc.code, exc.message, field=exc.field, status=422) from None
+
+
 def order_place(
     *,
     account: Account,
@@ -310,8 +331,12 @@ def order_place(
     allowed_hardware: Sequence[str] = (),
     client_order_id: str | None = None,
     now: dt.datetime | None = None,
+    price_band_override: bool = False,
 ) -> Order:
     """Validate and record an order; matching happens after commit, in a Celery worker.
+
+    A price outside the tier's band around the book's last trade is refused with
+    price_out_of_band unless `price_band_override` (the trader confirmed it): `_price_band_enforce`.
 
     A buy reserves its maximum cost (every lot at the limit, plus the highest fee, rounded up)
     from available into escrow in the same transaction, or is refused with insufficient_funds.
@@ -342,6 +367,8 @@ def order_place(
         raise ServiceError("not_a_buyer", "This account is not a buyer; it cannot place buy orders.", status=403)
     if side == Side.SELL and not account.is_provider:
         raise ServiceError("not_a_provider", "Only provider accounts can list capacity (sell).", status=403)
+    if not price_band_override:
+        _price_band_enforce(instrument=instrument, price=price)
 
     known_hw = catalog_hardware_ids()
     hardware_obj_id = None
