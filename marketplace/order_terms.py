@@ -109,7 +109,7 @@ def price_band_check(
     side = "above" if price > high else "below"
     raise OrderTermsError(
         "price_out_of_band",
-        f"price {price} is far {side} the market{where}: the price band admits {low} to {high} "
+        f"price {price.quantize(tick_size.normalize())} is far {side} the market{where}: the price band admits {low} to {high} "
         f"(last trade {shown} ± {(band * 100).normalize():f}%). Check the price; to place it "
         "anyway, confirm it in the web form or send price_band_override: true.",
         "price",

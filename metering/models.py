@@ -22,6 +22,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Round
 from django.utils import timezone
 
 from marketplace.models import Account, Instrument, Trade
@@ -160,8 +161,11 @@ class Settlement(models.Model):
         ordering = ["-settled_at"]
         constraints = [
             models.CheckConstraint(condition=Q(refund__gte=0), name="settlement_refund_non_negative"),
+            # Rounded to the cent: SQLite computes value - seller_fee in binary floating point
+            # (167.94 - 0.08 = 167.85999999999999), which would refuse an exact split; on
+            # PostgreSQL (numeric) the rounding changes nothing.
             models.CheckConstraint(
-                condition=Q(provider_payout=models.F("value") - models.F("seller_fee")),
+                condition=Q(provider_payout=Round(models.F("value") - models.F("seller_fee"), 2)),
                 name="settlement_payout_is_value_less_fee",
             ),
         ]

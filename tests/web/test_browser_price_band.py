@@ -15,11 +15,22 @@ from metering.services import funds_deposit
 from pricing.services import instrument_match
 from tests import factories
 from tests.invariants import assert_invariants
-from tests.web.test_browser import _fill_order, _signup, chromium, site  # noqa: F401 (fixtures)
+from tests.web.test_browser import PASSWORD, chromium, site  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 SCREENSHOT = Path(settings.BASE_DIR) / "test-artifacts" / "price-band.png"
+
+
+def _signup(page, base: str, *, org: str, username: str) -> None:
+    page.goto(f"{base}/signup/")
+    page.get_by_label("Organization name").fill(org)
+    page.locator("input[name='role'][value='buyer']").check()
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password", exact=True).fill(PASSWORD)
+    page.get_by_label("Password again").fill(PASSWORD)
+    page.get_by_role("button", name="Create account").click()
+    page.wait_for_url(re.compile(r"/(balances|provider)/$"))
 
 
 def test_a_far_price_asks_for_confirmation_and_confirming_places_it(site):  # noqa: F811
@@ -34,12 +45,14 @@ def test_a_far_price_asks_for_confirmation_and_confirming_places_it(site):  # no
     instrument_match(instrument_id=instrument.pk)
 
     page = site()
-    _signup(page, base, org="Fat Finger Labs", username="fatfinger", role="buyer")
+    _signup(page, base, org="Fat Finger Labs", username="fatfinger")
     buyer = Account.objects.get(slug="fat-finger-labs")
     funds_deposit(account=buyer, amount=Decimal("1000.00"), reason="staff deposit")
     page.goto(f"{base}{instrument.get_absolute_url()}")
 
-    _fill_order(page, side="buy", mtok="1", price="20.00")  # meant 2.00
+    page.locator("#order-form input[name='side'][value='buy']").check()
+    page.get_by_label("Quantity (Mtok)").fill("1")
+    page.get_by_label("Limit price per Mtok").fill("20.00")  # meant 2.00
     page.locator("#order-form button[type='submit'].buy").click()
     confirm = page.locator("#band-confirm")
     confirm.wait_for()
