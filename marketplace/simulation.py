@@ -54,9 +54,9 @@ BUYERS = [("Agentic Labs", Decimal("500000")), ("Lotus Apps", Decimal("250000"))
 # Asian evening / European afternoon.
 DEMAND_BY_HOUR = {4: Decimal("0.6"), 14: Decimal("1.8"), 20: Decimal("1.0")}
 # Days further back than this are simulated lighter, so `seed_demo` stays well under a minute on
-# SQLite: two regions per tier per day (rotating, so every region has its history) and one
-# matcher run per book, at the peak hour, instead of one per demand hour.
-DETAILED_DAYS = 5
+# SQLite: one region per tier per day (rotating, so every region has its history), one sell,
+# and one matcher run per book, at the peak hour, instead of one per demand hour.
+DETAILED_DAYS = 3
 # Lots a day of each tier draws at demand 1.0: frontier capacity is scarce and wanted most.
 TIER_DEMAND_LOTS = {"frontier": 24, "standard": 18, "economy": 14, "batch": 12}
 SIM_PREFIX = "sim-"  # client order ids and usage event ids of the simulation
@@ -167,7 +167,7 @@ def demo_day_simulate(
         floors = _floors(tier, region, hardware[:2])
         lots = TIER_DEMAND_LOTS.get(tier_code, 12)
         open_at = start + dt.timedelta(minutes=5)
-        for i, hw in enumerate(hardware[:2]):
+        for i, hw in enumerate(hardware[: 2 if intraday else 1]):
             price = max(_tick(level * (1 + Decimal("0.02") * i), inst.tick_size), floors.get(hw, inst.tick_size))
             services.order_place(
                 account=provider, instrument=inst, side=Side.SELL, quantity=inst.lot_size * lots * 2,
@@ -180,6 +180,8 @@ def demo_day_simulate(
             at = start + dt.timedelta(hours=hour, minutes=rng.randrange(0, 50))
             demand = DEMAND_BY_HOUR[hour] * Decimal(rng.uniform(0.8, 1.2))
             quantity = max(1, int(lots * demand)) * inst.lot_size
+            if not intraday:
+                quantity = min(quantity, inst.lot_size * (lots * 2 // 3))  # the one sell serves all three
             buyer = roster.buyers[rng.randrange(len(roster.buyers))]
             # The buyer pays up to 4% over the day's level: enough to reach the second sell at the peak.
             limit = _tick(level * Decimal("1.04"), inst.tick_size)
@@ -272,13 +274,14 @@ def demo_history_build(
     for offset in range(days, 0, -1):
         day = today - dt.timedelta(days=offset)
         _, end = Instrument.period_for(day)
-        if Trade.objects.filter(instrument__delivery_date=day).exists():
+        if _day_started(day):
             continue
         detailed = offset <= DETAILED_DAYS
         books = None
         if not detailed:
             regions = sorted({r for _, r in anchors})
-            books = {(t, r) for t, r in anchors if r in {regions[offset % len(regions)], regions[(offset + 2) % len(regions)]}}
+            tiers = sorted({t for t, _ in anchors})
+            books = {(t, regions[(offset + i) % len(regions)]) for i, t in enumerate(tiers)}
         rep = demo_day_simulate(
             day=day, roster=roster, anchors=anchors, walk=walk, rng=rng, books=books, intraday=detailed
         )
@@ -293,13 +296,22 @@ def demo_history_build(
         _add(total, rep)
         if progress:
             progress(f"{day}: {rep.orders} orders, {rep.trades} trades, {rep.usage_events} usage events, {rep.settled} contracts settled")
-    if not Trade.objects.filter(instrument__delivery_date=today).exists():
+    if not _day_started(today):
         rep = demo_day_simulate(day=today, roster=roster, anchors=anchors, walk=walk, rng=rng, until=now)
         index_publish(now=now)
         _add(total, rep)
         if progress:
             progress(f"{today} (today so far): {rep.orders} orders, {rep.trades} trades")
     return total
+
+
+def _day_started(day: dt.date) -> bool:
+    """Whether the day traded, or the simulation began it (a run stopped half-way through a
+    day is not repeated: its orders' client ids are taken)."""
+    return (
+        Trade.objects.filter(instrument__delivery_date=day).exists()
+        or Order.objects.filter(instrument__delivery_date=day, client_order_id__startswith=SIM_PREFIX).exists()
+    )
 
 
 def _add(total: HistoryReport, rep: HistoryReport) -> None:
