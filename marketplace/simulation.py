@@ -32,6 +32,7 @@ from django.utils import timezone
 
 from metering.settlement import instrument_settle
 from metering.usage import usage_ingest
+from pricing.dispatch import match_queueing_suspended
 from pricing.index import index_publish
 from pricing.services import instrument_match
 
@@ -265,7 +266,19 @@ def demo_history_build(
     A past day is simulated only if its books never traded (a re-run the same day, or after
     the live simulation traded, adds nothing); each is then delivered, settled and indexed.
     """
-    now = now or timezone.now()
+    with match_queueing_suspended():  # it matches every book itself
+        return _history_build(roster=roster, anchors=anchors, days=days, now=now or timezone.now(), progress=progress, seed=seed)
+
+
+def _history_build(
+    *,
+    roster: DemoRoster,
+    anchors: dict[tuple[str, str], Decimal],
+    days: int,
+    now: dt.datetime,
+    progress: Callable[[str], None] | None,
+    seed: int,
+) -> HistoryReport:
     today = now.astimezone(dt.UTC).date()
     rng = random.Random(seed)
     walk: dict[tuple[str, str], Decimal] = {}
