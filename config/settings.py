@@ -328,7 +328,9 @@ CELERY_BEAT_SCHEDULE = {
 # providers report usage every few seconds, so the embedded demo's book and charts move. `make
 # run` turns it on; it is off by default and production refuses to start with it.
 DEMO_SIMULATION = env_bool("DEMO_SIMULATION", False)
-DEMO_SIMULATION_SECONDS = env_int("DEMO_SIMULATION_SECONDS", 5, minimum=1)
+# Every 15 s by default: the embedded filesystem broker delivers about one task a second, and
+# each tick queues matching on a few books.
+DEMO_SIMULATION_SECONDS = env_int("DEMO_SIMULATION_SECONDS", 15, minimum=1)
 if PRODUCTION and DEMO_SIMULATION:
     raise ImproperlyConfigured("DEMO_SIMULATION must be off in production: it trades as the demo accounts")
 if DEMO_SIMULATION:

@@ -54,6 +54,11 @@ BUYERS = [("Agentic Labs", Decimal("500000")), ("Lotus Apps", Decimal("250000"))
 # Hours (UTC) at which buyers trade on a simulated day, and the demand at each: the peak is the
 # Asian evening / European afternoon.
 DEMAND_BY_HOUR = {4: Decimal("0.6"), 14: Decimal("1.8"), 20: Decimal("1.0")}
+# Today, whose book the instrument page charts first, trades every three hours on the same curve.
+TODAY_DEMAND_BY_HOUR = {
+    1: Decimal("0.5"), 4: Decimal("0.6"), 7: Decimal("0.8"), 10: Decimal("1.2"), 13: Decimal("1.7"),
+    16: Decimal("1.6"), 19: Decimal("1.1"), 22: Decimal("0.7"),
+}  # fmt: skip
 # Days further back than this are simulated lighter, so `seed_demo` stays well under a minute on
 # SQLite: one region per tier per day (rotating, so every region has its history), one sell,
 # and one matcher run per book, at the peak hour, instead of one per demand hour.
@@ -140,7 +145,8 @@ def demo_day_simulate(
     start, _ = Instrument.period_for(day)
     tiers = {t.code: t for t in Tier.objects.all()}
     regions = {r.code: r for r in Region.objects.all()}
-    hours = [h for h in DEMAND_BY_HOUR if until is None or start + dt.timedelta(hours=h, minutes=30) < until]
+    curve = DEMAND_BY_HOUR if until is None else TODAY_DEMAND_BY_HOUR
+    hours = [h for h in curve if until is None or start + dt.timedelta(hours=h, minutes=30) < until]
     if not hours:
         return report
     peak = max(DEMAND_BY_HOUR, key=DEMAND_BY_HOUR.__getitem__)
@@ -171,7 +177,7 @@ def demo_day_simulate(
         for i, hw in enumerate(hardware[: 2 if intraday else 1]):
             price = max(_tick(level * (1 + Decimal("0.02") * i), inst.tick_size), floors.get(hw, inst.tick_size))
             services.order_place(
-                account=provider, instrument=inst, side=Side.SELL, quantity=inst.lot_size * lots * 2,
+                account=provider, instrument=inst, side=Side.SELL, quantity=inst.lot_size * lots * max(2, len(hours) * 2 // 3),
                 price=price, hardware=hw, now=open_at, client_order_id=f"{SIM_PREFIX}{inst.pk}-ask{i}",
             )  # fmt: skip
             report.orders += 1
@@ -179,7 +185,9 @@ def demo_day_simulate(
             instrument_match(instrument_id=inst.pk, now=open_at)
         for hour in hours:
             at = start + dt.timedelta(hours=hour, minutes=rng.randrange(0, 50))
-            demand = DEMAND_BY_HOUR[hour] * Decimal(rng.uniform(0.8, 1.2))
+            if until is not None:
+                at = min(at, until - dt.timedelta(minutes=1))  # never a trade in the future
+            demand = curve[hour] * Decimal(rng.uniform(0.8, 1.2))
             quantity = max(1, int(lots * demand)) * inst.lot_size
             if not intraday:
                 quantity = min(quantity, inst.lot_size * (lots * 2 // 3))  # the one sell serves all three
@@ -338,7 +346,7 @@ def _add(total: HistoryReport, rep: HistoryReport) -> None:
 # --- the live simulation (a Celery beat task while `make run` is up) -------------------------
 
 LIVE_PREFIX = f"{SIM_PREFIX}live-"
-LIVE_BOOKS_PER_TICK = 4
+LIVE_BOOKS_PER_TICK = 3
 LIVE_ORDERS_PER_BOOK = 6  # resting simulated orders kept per book; older ones are cancelled
 
 
