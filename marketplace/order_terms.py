@@ -79,6 +79,12 @@ def order_terms_check(*, quantity: object, price: object, lot_size: int, tick_si
 # --- price protection (README.md "Price protection") ----------------------------------------
 
 
+# The last sentence of a price_out_of_band message; the web form replaces it by its own question.
+PRICE_BAND_REMEDY = (
+    "Check the price; to place it anyway, confirm it in the web form or send price_band_override: true."
+)
+
+
 def price_band_limits(*, reference: Decimal, band: Decimal, tick_size: Decimal) -> tuple[Decimal, Decimal | None]:
     """The lowest and highest price the band admits around `reference`, on the tick: the low
     rounded up and the high rounded down, so every admitted price is inside reference ± band.
@@ -110,7 +116,6 @@ def price_band_check(
     raise OrderTermsError(
         "price_out_of_band",
         f"price {price.quantize(tick_size.normalize())} is far {side} the market{where}: the price band admits {low} to {high} "
-        f"(last trade {shown} ± {(band * 100).normalize():f}%). Check the price; to place it "
-        "anyway, confirm it in the web form or send price_band_override: true.",
+        f"(last trade {shown} ± {(band * 100).normalize():f}%). {PRICE_BAND_REMEDY}",
         "price",
     )

@@ -18,7 +18,7 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from marketplace import roles, selectors, services, two_factor
+from marketplace import order_terms, roles, selectors, services, two_factor
 from marketplace.market_snapshot import snapshot_get
 from marketplace.models import Instrument, Region, Side, Tier
 from marketplace.services import NotFound, ServiceError
@@ -244,7 +244,7 @@ def _band_confirmation(exc: ServiceError, price) -> dict[str, str]:
     """Price protection in the form: the refusal becomes a question. The same form (same
     token, so a double click still places once) comes back with a button that resends it
     with confirm_price, which the service takes as the trader's override."""
-    message = exc.message.split(" Check the price;")[0]
+    message = exc.message.removesuffix(order_terms.PRICE_BAND_REMEDY).strip()
     return {"message": message, "price": price_text(price)}
 
 
