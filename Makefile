@@ -24,7 +24,7 @@ seed: migrate
 
 # Web server, a real Celery worker and the scheduler, on SQLite by default.
 run: seed
-	SANDBOX_FUNDING=$${SANDBOX_FUNDING:-true} $(BIN)/python manage.py runexchange --addr $(ADDR)
+	SANDBOX_FUNDING=$${SANDBOX_FUNDING:-true} DEMO_SIMULATION=$${DEMO_SIMULATION:-true} $(BIN)/python manage.py runexchange --addr $(ADDR)
 
 # The whole suite, in parallel (pytest-xdist: one test database and Redis key space per test
 # worker; the tests that start real processes run one after another in one group). Set

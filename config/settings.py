@@ -324,6 +324,20 @@ CELERY_BEAT_SCHEDULE = {
     "day-ahead-auctions": {"task": "pricing.tasks.auctions_run", "schedule": 30.0},
     "publish-index": {"task": "pricing.tasks.index_publish", "schedule": env_int("INDEX_PUBLISH_SECONDS", 300, minimum=1)},
 }
+# The live demo market (marketplace.simulation): simulated traders place and cancel orders and
+# providers report usage every few seconds, so the embedded demo's book and charts move. `make
+# run` turns it on; it is off by default and production refuses to start with it.
+DEMO_SIMULATION = env_bool("DEMO_SIMULATION", False)
+# Every 15 s by default: the embedded filesystem broker delivers about one task a second, and
+# each tick queues matching on a few books.
+DEMO_SIMULATION_SECONDS = env_int("DEMO_SIMULATION_SECONDS", 15, minimum=1)
+if PRODUCTION and DEMO_SIMULATION:
+    raise ImproperlyConfigured("DEMO_SIMULATION must be off in production: it trades as the demo accounts")
+if DEMO_SIMULATION:
+    CELERY_BEAT_SCHEDULE["demo-simulation"] = {
+        "task": "marketplace.tasks.simulate_demo_market",
+        "schedule": float(DEMO_SIMULATION_SECONDS),
+    }
 
 # Market rules.
 EXCHANGE_CURRENCY = env.str("EXCHANGE_CURRENCY", default="CNY")

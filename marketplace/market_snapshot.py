@@ -201,6 +201,7 @@ def snapshot_publish(*, instrument_id: int) -> MarketSnapshot:
         list(InstrumentBook.objects.select_for_update().filter(pk=instrument_id).values_list("pk"))
         snap = snapshot_build(instrument_id=instrument_id)
         cache.set(_key(instrument_id), snap, SNAPSHOT_TTL)
+        reference_price_store(instrument_id=instrument_id, price=snap.last_price)
     return snap
 
 
@@ -244,3 +245,32 @@ def snapshot_get_many(*, instrument_ids: list[int]) -> dict[int, MarketSnapshot]
         snap = found.get(_key(i))
         out[i] = snap if snap is not None else snapshot_publish(instrument_id=i)
     return out
+
+
+# --- the reference price of price protection ------------------------------------------------
+# Order placement reads it on every order, so it is one small cache entry of its own (not the
+# whole snapshot) and outlives the snapshot's minute: a quiet book keeps its protection for
+# REFERENCE_TTL. It is written with every snapshot publication (i.e. after every committed
+# change of the book), never built by the reader: placement adds no database query. A missing
+# entry (never traded, Redis flushed) means no band until the next publication of the book.
+REFERENCE_TTL = 9 * 24 * 3600  # longer than any instrument trades (today + INSTRUMENT_DAYS_AHEAD)
+
+
+def _reference_key(instrument_id: int) -> str:
+    return f"reference-price:{instrument_id}"
+
+
+def reference_price_store(*, instrument_id: int, price: Decimal | None) -> None:
+    if price is None:
+        cache.delete(_reference_key(instrument_id))
+    else:
+        cache.set(_reference_key(instrument_id), price, REFERENCE_TTL)
+
+
+def reference_price_get(*, instrument_id: int) -> Decimal | None:
+    """The book's last trade price as last published, or None; one cache read, no query."""
+    try:
+        return cache.get(_reference_key(instrument_id))
+    except Exception:
+        log.exception("could not read the reference price of instrument %s; no price band", instrument_id)
+        return None

@@ -30,11 +30,22 @@ class Tier(models.Model):
         default=Decimal("0"),
         help_text="Share of unused capacity the buyer still pays: 0 = pay per use, 1 = take-or-pay",
     )
+    # Price protection (README "Price protection"): an order priced more than this fraction away
+    # from its book's last trade is refused unless confirmed; 0 turns the band off for the tier.
+    price_band = models.DecimalField(
+        max_digits=6,
+        decimal_places=4,
+        default=Decimal("0.25"),
+        help_text="Price protection: orders beyond last trade ± this fraction (0.25 = 25%) need confirming; 0 = off",
+    )
     sort_order = models.PositiveSmallIntegerField(default=0)
 
     class Meta:
         ordering = ["sort_order", "code"]
         constraints = [
+            models.CheckConstraint(
+                condition=Q(price_band__gte=0) & Q(price_band__lte=10), name="tier_price_band_between_0_and_10"
+            ),
             models.CheckConstraint(
                 condition=Q(unused_capacity_share__gte=0) & Q(unused_capacity_share__lte=1),
                 name="tier_share_between_0_and_1",

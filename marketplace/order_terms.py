@@ -74,3 +74,48 @@ def price_check(*, price: object, tick_size: Decimal) -> Decimal:
 def order_terms_check(*, quantity: object, price: object, lot_size: int, tick_size: Decimal) -> tuple[int, Decimal]:
     """Quantity then price, refused with the first OrderTermsError; returns them unchanged."""
     return quantity_check(quantity=quantity, lot_size=lot_size), price_check(price=price, tick_size=tick_size)
+
+
+# --- price protection (README.md "Price protection") ----------------------------------------
+
+
+# The last sentence of a price_out_of_band message; the web form replaces it by its own question.
+PRICE_BAND_REMEDY = (
+    "Check the price; to place it anyway, confirm it in the web form or send price_band_override: true."
+)
+
+
+def price_band_limits(*, reference: Decimal, band: Decimal, tick_size: Decimal) -> tuple[Decimal, Decimal | None]:
+    """The lowest and highest price the band admits around `reference`, on the tick: the low
+    rounded up and the high rounded down, so every admitted price is inside reference ± band.
+    A band of 100% or more has no low end but the tick (None is never returned for the low)."""
+    tick = tick_size.normalize()
+    low = reference * (1 - band)
+    high = reference * (1 + band)
+    low_tick = max(tick, (low / tick).to_integral_value(rounding=decimal.ROUND_CEILING) * tick)
+    high_tick = (high / tick).to_integral_value(rounding=decimal.ROUND_FLOOR) * tick
+    return low_tick, high_tick
+
+
+def price_band_check(
+    *, price: Decimal, reference: Decimal | None, band: Decimal, tick_size: Decimal, symbol: str = ""
+) -> None:
+    """Refuse a price outside reference ± band (a fraction: 0.25 = 25%) with price_out_of_band.
+
+    No reference (a book that never traded) or a band of 0 admits every price: there is
+    nothing to protect against yet, and the band must not stop a new market from opening.
+    """
+    if reference is None or band <= 0:
+        return
+    low, high = price_band_limits(reference=reference, band=band, tick_size=tick_size)
+    if low <= price <= high:
+        return
+    where = f" on {symbol}" if symbol else ""
+    shown = reference.quantize(tick_size.normalize())  # a trade price is on the tick: 2.00, not 2.0000
+    side = "above" if price > high else "below"
+    raise OrderTermsError(
+        "price_out_of_band",
+        f"price {price.quantize(tick_size.normalize())} is far {side} the market{where}: the price band admits {low} to {high} "
+        f"(last trade {shown} ± {(band * 100).normalize():f}%). {PRICE_BAND_REMEDY}",
+        "price",
+    )

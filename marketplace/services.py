@@ -39,7 +39,7 @@ from .cache_generation import API_KEYS, CATALOG, generation_bump
 from .catalog_cache import catalog_hardware_ids, catalog_instrument, instrument_auction_gate, instruments_with_gate
 from .db_errors import constraint_name
 from .errors import NotFound, ServiceError
-from .market_snapshot import snapshot_publish_on_commit
+from .market_snapshot import reference_price_get, snapshot_publish_on_commit
 from .models import (
     LIVE_STATUSES,
     TOKENS_PER_PRICE_UNIT,
@@ -345,6 +345,27 @@ def _order_insert_sqlite(*, order: Order) -> None:
     order.save(force_insert=True)
 
 
+def _price_band_enforce(*, instrument: Instrument, price: Decimal) -> None:
+    """Price protection: refuse `price` outside the tier's band around the last trade.
+
+    The reference comes from the market snapshot's cache entry (no query on the order path);
+    the band from the instrument's tier, which the catalog cache loaded with the instrument.
+    """
+    band = instrument.tier.price_band
+    if band <= 0:
+        return
+    try:
+        order_terms.price_band_check(
+            price=price,
+            reference=reference_price_get(instrument_id=instrument.pk),
+            band=band,
+            tick_size=instrument.tick_size,
+            symbol=instrument.symbol,
+        )
+    except order_terms.OrderTermsError as exc:
+        raise ServiceError(exc.code, exc.message, field=exc.field, status=422) from None
+
+
 def order_place(
     *,
     account: Account,
@@ -358,6 +379,7 @@ def order_place(
     client_order_id: str | None = None,
     now: dt.datetime | None = None,
     savepoint: bool = True,
+    price_band_override: bool = False,
 ) -> Order:
     """Validate and record an order; matching happens after commit, in a Celery worker.
 
@@ -367,6 +389,9 @@ def order_place(
     the order row (fee rates, the tier's share and weights, allowed hardware by id), taken from
     what placement already loaded (the instrument's tier, the catalog's hardware): no query.
     After a day-ahead auction's gate and until its clear, refused with auction_gate_closed.
+
+    A price outside the tier's band around the book's last trade is refused with
+    price_out_of_band unless `price_band_override` (the trader confirmed it): `_price_band_enforce`.
     Takes no instrument-wide lock: only the buyer's own ledger rows are locked (by the escrow
     posting), so placements on one instrument never wait for each other. The order has no
     match sequence yet: the matcher gives it one when it applies it (pricing.matcher).
@@ -399,6 +424,8 @@ def order_place(
         raise ServiceError("not_a_buyer", "This account is not a buyer; it cannot place buy orders.", status=403)
     if side == Side.SELL and not account.is_provider:
         raise ServiceError("not_a_provider", "Only provider accounts can list capacity (sell).", status=403)
+    if not price_band_override:
+        _price_band_enforce(instrument=instrument, price=price)
 
     known_hw = catalog_hardware_ids()
     hardware_obj_id = None

@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from django.conf import settings
 from django.core.cache import cache
@@ -106,8 +109,27 @@ def send_match(instrument_id: int, *, routed: bool = True) -> None:
         current_app.send_task(MATCH_TASK, args=[instrument_id], queue=worker_direct(owner))
 
 
+_suspended = threading.local()
+
+
+@contextmanager
+def match_queueing_suspended() -> Iterator[None]:
+    """Send no match task in this thread meanwhile: for a caller that runs the matcher itself
+    right after placing (seed_demo's simulated history, hundreds of books matched in-process),
+    so the broker is not left a backlog of tasks with nothing to do. Nothing is lost: the
+    periodic sweep re-enqueues whatever is still pending."""
+    previous = getattr(_suspended, "on", False)
+    _suspended.on = True
+    try:
+        yield
+    finally:
+        _suspended.on = previous
+
+
 def enqueue_match(instrument_id: int) -> None:
     """Queue matching (at most one queued task per instrument). Never raises."""
+    if getattr(_suspended, "on", False):
+        return
     key = QUEUED_KEY.format(instrument_id)
     try:
         if not cache.add(key, 1, timeout=10):

@@ -123,13 +123,16 @@ def resident_books_clear() -> None:
     resident_books.clear()
 
 
-def instrument_match(*, instrument_id: int, max_batches: int = 50) -> MatchReport:
-    """Apply everything pending on one instrument, one transaction per batch."""
+def instrument_match(*, instrument_id: int, max_batches: int = 50, now: dt.datetime | None = None) -> MatchReport:
+    """Apply everything pending on one instrument, one transaction per batch.
+
+    `now` is the matcher's clock (trade times, the end-of-delivery check): the exchange's own
+    time unless a caller replays a past day (seed_demo's simulated history)."""
     report = MatchReport(instrument_id)
     for _ in range(max_batches):
         with transaction.atomic():
             book_row = InstrumentBook.objects.select_for_update().get(pk=instrument_id)
-            processed, trades = match_locked(book_row=book_row)
+            processed, trades = match_locked(book_row=book_row, now=now)
         if processed == 0:
             return report
         report.processed += processed
@@ -173,7 +176,9 @@ def _resident_book(*, book_row: InstrumentBook, hw: dict[int, str]) -> ResidentB
     return ResidentBook(book_row.version, book_row.last_matched_sequence, book, {r["id"]: r for r in rows}, tape)
 
 
-def match_locked(*, book_row: InstrumentBook, batch_size: int | None = None) -> tuple[int, int]:
+def match_locked(
+    *, book_row: InstrumentBook, batch_size: int | None = None, now: dt.datetime | None = None
+) -> tuple[int, int]:
     """Run one batch. The caller holds SELECT FOR UPDATE on `book_row` inside a transaction.
 
     Returns (commands applied, trades written). Cancels are applied while an instrument is
@@ -185,7 +190,7 @@ def match_locked(*, book_row: InstrumentBook, batch_size: int | None = None) -> 
             CallAuction.objects.filter(instrument=OuterRef("pk"), status=CallAuction.Status.COLLECTING)
         )
     ).get(pk=book_row.instrument_id)
-    now = timezone.now()
+    now = now or timezone.now()
     if instrument.status not in (Instrument.Status.OPEN, Instrument.Status.HALTED) or now >= instrument.delivery_end:
         return 0, 0
     batch_size = batch_size or settings.MATCH_BATCH_SIZE

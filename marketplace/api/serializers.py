@@ -106,6 +106,11 @@ class OrderCreateSerializer(StrictSerializer):
         child=serializers.CharField(max_length=32), required=False, max_length=32, help_text="Buy orders; empty = any"
     )
     client_order_id = serializers.CharField(max_length=64, required=False, allow_null=True)
+    price_band_override = serializers.BooleanField(
+        default=False,
+        help_text="Place the order even if its price is outside the price band around the last trade "
+        "(refused with price_out_of_band otherwise)",
+    )
 
 
 class OrderSerializer(serializers.ModelSerializer):

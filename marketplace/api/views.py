@@ -219,6 +219,7 @@ class OrderListCreate(generics.ListAPIView):
                 hardware=data.get("hardware"),
                 allowed_hardware=data.get("allowed_hardware") or (),
                 client_order_id=data.get("client_order_id"),
+                price_band_override=data["price_band_override"],
             )
             # Rendered from the row just written, with the instrument already loaded (tier,
             # region): re-reading it cost a query on the API's hottest write (bench/api.py).

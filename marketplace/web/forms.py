@@ -115,6 +115,8 @@ class OrderForm(forms.Form):
     )
     client_order_id = forms.CharField(label="Client order id (optional)", required=False, max_length=64)
     form_token = forms.CharField(widget=forms.HiddenInput, required=False, max_length=40)
+    # Set by the "place it anyway" button of the price-protection confirmation (views.order_place).
+    confirm_price = forms.BooleanField(widget=forms.HiddenInput, required=False)
     # API field -> form field, for ServiceError.field
     field_map = {"quantity": "quantity_mtok"}
 
@@ -169,6 +171,7 @@ class OrderForm(forms.Form):
             "hardware": (d.get("hardware") or None) if d["side"] == Side.SELL else None,
             "allowed_hardware": tuple(d.get("allowed_hardware") or ()) if d["side"] == Side.BUY else (),
             "client_order_id": d.get("client_order_id") or self.token_client_order_id(),
+            "price_band_override": bool(d.get("confirm_price")),
         }
 
     def token_client_order_id(self) -> str | None:

@@ -18,7 +18,7 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from marketplace import roles, selectors, services, two_factor
+from marketplace import order_terms, roles, selectors, services, two_factor
 from marketplace.market_snapshot import snapshot_get
 from marketplace.models import Instrument, Region, Side, Tier
 from marketplace.services import NotFound, ServiceError
@@ -195,13 +195,16 @@ def order_place(request: HttpRequest, symbol: str) -> HttpResponse:
     inst = _instrument_or_404(symbol)
     form = OrderForm(request.POST, instrument=inst)
     placed = None
+    band_confirm = None
     if form.is_valid():
         kwargs = form.service_kwargs()
         try:
             placed = services.order_place(account=request.account, instrument=inst, **kwargs)
         except ServiceError as exc:
             placed = _resent_form_order(request, exc, kwargs["client_order_id"], form.token_client_order_id())
-            if placed is None:
+            if placed is None and exc.code == "price_out_of_band":
+                band_confirm = _band_confirmation(exc, kwargs["price"])
+            elif placed is None:
                 add_service_error(form, exc, OrderForm.field_map)
             if placed is None and exc.code == "insufficient_funds":
                 form.add_error(None, "Request a deposit on the Funding page to fund your account.")
@@ -229,11 +232,20 @@ def order_place(request: HttpRequest, symbol: str) -> HttpResponse:
         response["HX-Trigger"] = "order-placed"
         return response
     context = _order_entry_context(request, inst, form)
+    context["band_confirm"] = band_confirm
     if _partial(request):
         # htmx swaps 2xx only; the form with its errors is the answer, so 200 here.
         return _page(request, "web/partials/order_entry.html", context)
     context.update(_live_context(request, inst))
     return _page(request, "web/instrument.html", context, status=400)
+
+
+def _band_confirmation(exc: ServiceError, price) -> dict[str, str]:
+    """Price protection in the form: the refusal becomes a question. The same form (same
+    token, so a double click still places once) comes back with a button that resends it
+    with confirm_price, which the service takes as the trader's override."""
+    message = exc.message.removesuffix(order_terms.PRICE_BAND_REMEDY).strip()
+    return {"message": message, "price": price_text(price)}
 
 
 def _resent_form_order(request: HttpRequest, exc: ServiceError, client_order_id: str | None, token_id: str | None):

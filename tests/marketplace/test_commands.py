@@ -173,7 +173,7 @@ def test_withdraw_beyond_the_balance_and_unknown_accounts_are_refused():
 @pytest.mark.django_db
 def test_seed_demo_seeds_a_funded_market_with_resting_orders_and_working_keys(tmp_path):
     key_file = tmp_path / "keys.txt"
-    out = run("seed_demo", "--key-file", str(key_file))
+    out = run("seed_demo", "--key-file", str(key_file), "--days", "0")
     assert "demo market seeded" in out
     buyers = Account.objects.filter(is_buyer=True)
     providers = Account.objects.filter(is_provider=True)
@@ -202,10 +202,10 @@ def test_seed_demo_seeds_a_funded_market_with_resting_orders_and_working_keys(tm
 
 @pytest.mark.django_db
 def test_seed_demo_without_its_key_file_is_idempotent_and_revokes_the_previous_demo_keys():
-    first = run("seed_demo")
+    first = run("seed_demo", "--days", "0")
     old_key = first.split("demo buyer API key (read, trade, funding): ")[1].split()[0]
     counts = (Account.objects.count(), Order.objects.count(), LedgerTransaction.objects.count())
-    second = run("seed_demo")
+    second = run("seed_demo", "--days", "0")
     assert "demo market already present" in second
     assert (Account.objects.count(), Order.objects.count(), LedgerTransaction.objects.count()) == counts
     assert services.api_key_authenticate(raw=old_key) is None

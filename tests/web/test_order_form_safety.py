@@ -58,3 +58,40 @@ def test_a_typed_client_order_id_reused_is_still_an_error(instrument, buyer):
     assert r.status_code == 400
     assert "already used" in str(r.context["form"].errors)
     assert Order.objects.count() == 1
+
+
+def _traded_at(instrument, buyer, price: str) -> None:
+    from marketplace.market_snapshot import snapshot_publish
+    from pricing.services import instrument_match
+    from tests import factories
+
+    provider = factories.AccountFactory(is_buyer=False, is_provider=True)
+    factories.place(provider, instrument, "sell", 1, price)
+    factories.place(buyer, instrument, "buy", 1, price)
+    instrument_match(instrument_id=instrument.pk)
+    snapshot_publish(instrument_id=instrument.pk)
+
+
+def test_a_price_far_from_the_market_asks_for_confirmation_then_places_once(instrument, buyer):
+    _traded_at(instrument, buyer, "2.00")
+    web = logged_in(member(buyer))
+    before, entries = Order.objects.count(), LedgerEntry.objects.count()
+    r = _post(web, instrument, price="20.00", form_token="c" * 32)
+    assert r.status_code == 400
+    page = r.content.decode()
+    assert 'id="band-confirm"' in page and "1.50 to 2.50" in page and "Place at 20.00 anyway" in page
+    assert f'value="{"c" * 32}"' in page  # the same token: a confirmed double click still places once
+    assert (Order.objects.count(), LedgerEntry.objects.count()) == (before, entries)
+
+    confirmed = _post(web, instrument, price="20.00", form_token="c" * 32, confirm_price="1")
+    again = _post(web, instrument, price="20.00", form_token="c" * 32, confirm_price="1")
+    assert confirmed.status_code == again.status_code == 302
+    assert Order.objects.filter(price="20.00", client_order_id=f"web-{'c' * 32}").count() == 1
+
+
+def test_a_price_inside_the_band_asks_nothing(instrument, buyer):
+    _traded_at(instrument, buyer, "2.00")
+    web = logged_in(member(buyer))
+    r = _post(web, instrument, price="2.20")
+    assert r.status_code == 302
+    assert Order.objects.filter(price="2.20").count() == 1

@@ -1,25 +1,20 @@
 """A demo market: providers, buyers with funds, and resting orders on both sides."""
 
 import datetime as dt
+import time
 from decimal import Decimal
 
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from marketplace import services
 from marketplace.catalog_defaults import REFERENCE_PRICE
 from marketplace.models import Account, ApiKey, Instrument
+from marketplace.simulation import BUYERS, PROVIDERS, demo_history_build, demo_roster, regional_reference
 from metering.services import funds_deposit
 
-PROVIDERS = [
-    ("Xiling Compute", ["cn-west-1", "cn-east-1"], ["h100", "h200", "ascend-910c"]),
-    ("Atlantic GPU Cloud", ["us-east-1"], ["h100", "b200", "mi300x"]),
-    ("Rhein AI Power", ["eu-central-1", "ap-southeast-1"], ["h200", "tpu-v7"]),
-]
-BUYERS = [("Agentic Labs", Decimal("500000")), ("Lotus Apps", Decimal("250000"))]
 DEMO_PASSWORD = "ciyuan-demo-2026"
 
 
@@ -28,8 +23,14 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--key-file", default="", help="also write the demo buyer's API key to this file")
+        parser.add_argument(
+            "--days", type=int, default=30,
+            help="simulate this many past days of trading, delivery and settlement (0 = none; days already traded are kept)",
+        )  # fmt: skip
 
-    def handle(self, *args, key_file, **options):
+    def handle(self, *args, key_file, days, **options):
+        if days < 0 or days > 365:
+            raise CommandError(f"--days {days} must be between 0 and 365")
         call_command("seed_catalog", stdout=self.stdout)
         User = get_user_model()
         if not User.objects.filter(username="admin").exists():
@@ -43,6 +44,9 @@ class Command(BaseCommand):
                 user = User.objects.create_user(_username(name), password=DEMO_PASSWORD)
                 acct = services.account_create(name=name, is_buyer=True, is_provider=False, owner=user)
                 funds_deposit(account=acct, amount=funds, reason="demo opening deposit")
+        if days:
+            self._history(days)
+        if created:
             self._place_orders()
         buyer = Account.objects.get(slug="agentic-labs")
         provider = Account.objects.get(slug="xiling-compute")
@@ -61,12 +65,28 @@ class Command(BaseCommand):
         if key_file:
             self.stdout.write(f"  (kept in {key_file}: the same keys work after a restart until you delete that file)")
 
+    def _history(self, days: int) -> None:
+        """A month of trading, delivery and settlement by the market simulation (idempotent:
+        days that already traded are skipped, so a restart adds nothing)."""
+        roster = demo_roster()
+        started = time.monotonic()
+        report = demo_history_build(
+            roster=roster, anchors=regional_reference(), days=days,
+            progress=lambda line: self.stdout.write(f"  history {line}"),
+        )  # fmt: skip
+        if report.days:
+            self.stdout.write(
+                f"demo history: {report.days} days, {report.orders} orders, {report.trades} trades, "
+                f"{report.usage_events} usage events, {report.settled} contracts settled "
+                f"({time.monotonic() - started:.0f} s)"
+            )
+
     def _place_orders(self) -> None:
         tomorrow = timezone.now().date() + dt.timedelta(days=1)
         today = timezone.now().date()
         providers = {a.slug: a for a in Account.objects.filter(is_provider=True)}
         buyers = list(Account.objects.filter(is_buyer=True).order_by("name"))
-        anchor = _regional_reference()
+        anchor = regional_reference()
         for name, regions, hardware in PROVIDERS:
             acct = providers[_username(name)]
             for region in regions:
@@ -75,29 +95,21 @@ class Command(BaseCommand):
                     for day in (today, tomorrow):
                         inst = Instrument.objects.get(tier__code=tier, region__code=region, delivery_date=day)
                         for i, hw in enumerate(hardware):
-                            price = ref + inst.tick_size * (5 + 3 * i)
+                            # A ladder in percent of the reference (2%, 5%, 8% over), so cheap
+                            # tiers stay inside the price band as dear ones do.
+                            price = max(_to_tick(ref * (Decimal("1.02") + Decimal("0.03") * i), inst.tick_size),
+                                        ref + inst.tick_size * (1 + i))
                             services.order_place(account=acct, instrument=inst, side="sell", quantity=inst.lot_size * (50 + 25 * i),
                                                  price=price, hardware=hw)
                         for j, buyer in enumerate(buyers):
-                            price = ref - inst.tick_size * (4 + 3 * j)
+                            price = max(min(_to_tick(ref * (Decimal("0.98") - Decimal("0.03") * j), inst.tick_size),
+                                            ref - inst.tick_size * (1 + j)), inst.tick_size)
                             services.order_place(account=buyer, instrument=inst, side="buy", quantity=inst.lot_size * (40 + 20 * j),
                                                  price=price, allowed_hardware=[] if j == 0 else hardware[:1])
 
 
-def _regional_reference() -> dict[tuple[str, str], Decimal]:
-    """Each tier's reference price per region, moved by the region's electricity price: about
-    70% of a token's cost is energy, so cn-west (0.30 CNY/kWh) sells cheaper than the US or EU.
-    price = reference x (0.3 + 0.7 x electricity / mean electricity), to the tick."""
-    from marketplace.models import Region
-
-    prices = {r.code: r.electricity_price_per_kwh for r in Region.objects.all()}
-    mean = sum(prices.values()) / len(prices)
-    share = settings.ENERGY_SHARE_OF_COST
-    return {
-        (tier, region): (ref * ((1 - share) + share * kwh / mean)).quantize(Decimal("0.01"))
-        for tier, ref in REFERENCE_PRICE.items()
-        for region, kwh in prices.items()
-    }
+def _to_tick(price: Decimal, tick: Decimal) -> Decimal:
+    return (price / tick).to_integral_value() * tick
 
 
 def _saved_keys(key_file: str) -> dict[str, str]:
