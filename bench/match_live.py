@@ -105,7 +105,9 @@ def main() -> None:
         acct = services.account_create(name=f"bench live buyer {i}", is_buyer=True)
         funds_deposit(account=acct, amount=Decimal("10000000.00"), reason="bench")
         buyers.append(acct)
-    reserve = money.reserve_per_lot(lot_size=LOT, price=Decimal("1.00"), max_fee_bps=money.max_fee_bps())
+    maker_bps, taker_bps = money.fee_bps(maker=True), money.fee_bps(maker=False)
+    # What placement reserves for one buy of one lot at 1.00 (quantity x limit + the highest fee, rounded up once).
+    reserve = money.reserve(quantity=LOT, price=Decimal("1.00"), max_fee_bps=max(maker_bps, taker_bps))
     if args.direct:
         for k, acct in enumerate(buyers):
             n = len(range(k, total, len(buyers)))
@@ -149,7 +151,11 @@ def main() -> None:
             try:
                 if args.direct:
                     order = Order.objects.create(account=buyers[i % len(buyers)], instrument=inst_obj, side="buy",
-                                                 quantity=LOT, price=Decimal("1.00"), reserve_per_lot=reserve)  # fmt: skip
+                                                 quantity=LOT, price=Decimal("1.00"), maker_fee_bps=maker_bps,
+                                                 taker_fee_bps=taker_bps,
+                                                 unused_capacity_share=inst_obj.tier.unused_capacity_share,
+                                                 output_token_weight=inst_obj.tier.output_token_weight,
+                                                 cached_input_weight=inst_obj.tier.cached_input_weight)  # fmt: skip
                     dispatch.enqueue_match(inst_obj.pk)
                 else:
                     order = services.order_place(account=buyers[i % len(buyers)], instrument=inst_obj, side="buy",
