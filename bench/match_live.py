@@ -145,7 +145,7 @@ def main() -> None:
         seen: dict[int, float] = {}
         lock = threading.Lock()
         done = threading.Event()
-        inst_obj = Instrument.objects.get(pk=inst.pk)
+        inst_obj = Instrument.objects.select_related("tier").get(pk=inst.pk)
 
         def place(i: int) -> None:
             try:
