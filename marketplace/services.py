@@ -28,6 +28,7 @@ from pricing.dispatch import enqueue_match_on_commit
 from . import order_terms
 from .cache_generation import API_KEYS, CATALOG, generation_bump
 from .catalog_cache import catalog_hardware_ids, catalog_instrument
+from .display import price_text
 from .errors import NotFound, ServiceError
 from .market_snapshot import snapshot_publish_on_commit
 from .models import (
@@ -374,7 +375,7 @@ def order_place(
         if below_floor and instrument.enforce_energy_floor:
             raise ServiceError(
                 "below_energy_floor",
-                f"{price} is below the energy-cost floor for {hardware} in {instrument.region.code}; "
+                f"{price_text(price)} is below the energy-cost floor for {hardware} in {instrument.region.code}; "
                 "this instrument refuses sells below the floor.",
                 field="price",
                 status=422,
@@ -415,7 +416,7 @@ def order_place(
                         key=f"reserve:{order.pk}",
                         kind=LedgerTransaction.Kind.ESCROW_RESERVE,
                         legs=[(ledger["available"].pk, -total), (ledger["escrow"].pk, total)],
-                        memo=f"escrow for buy order #{order.pk}: {quantity:,} tokens @ {price} on {instrument.symbol}",
+                        memo=f"escrow for buy order #{order.pk}: {quantity:,} tokens @ {price_text(price)} on {instrument.symbol}",
                     )
                 except InsufficientFunds:
                     raise ServiceError(
