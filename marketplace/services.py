@@ -51,23 +51,60 @@ from .models import (
 # --- accounts and keys ------------------------------------------------------------------
 
 
+def _account_exists(name: str) -> ServiceError:
+    return ServiceError("account_exists", f"An account named {name!r} already exists.", field="name", status=409)
+
+
+def _account_name_invalid(name: str) -> ServiceError | None:
+    """Why `name` (stripped) cannot name an account at all, or None."""
+    if not name:
+        return ServiceError("invalid_name", "An account needs a name.", field="name")
+    if "\x00" in name or not any(c.isalnum() for c in name):
+        return ServiceError("invalid_name", "The account name needs letters or digits.", field="name")
+    return None
+
+
+def _account_name_taken(name: str, slug: str) -> bool:
+    return Account.objects.filter(slug=slug).exists() or Account.objects.filter(name=name).exists()
+
+
+def account_signup_refusals(*, username: str, account_name: str) -> list[ServiceError]:
+    """Every reason account_signup would refuse these names, all at once, so a form can show
+    each beside its field (account_signup itself still checks, under its transaction)."""
+    from django.contrib.auth import get_user_model
+
+    found = []
+    if username and get_user_model().objects.filter(username__iexact=username).exists():
+        found.append(_username_taken(username))
+    name = (account_name or "").strip()
+    invalid = _account_name_invalid(name)
+    if invalid is not None:
+        found.append(invalid)
+    elif _account_name_taken(name, slugify(name)[:120]):
+        found.append(_account_exists(name))
+    return found
+
+
+def _username_taken(username: str) -> ServiceError:
+    return ServiceError("username_taken", f"The username {username!r} is taken.", field="username", status=409)
+
+
 def account_create(
     *, name: str, is_buyer: bool = True, is_provider: bool = False, owner: AbstractBaseUser | None = None
 ) -> Account:
     name = name.strip()
-    if not name:
-        raise ServiceError("invalid_name", "An account needs a name.", field="name")
-    if "\x00" in name or not any(c.isalnum() for c in name):
-        raise ServiceError("invalid_name", "The account name needs letters or digits.", field="name")
+    invalid = _account_name_invalid(name)
+    if invalid is not None:
+        raise invalid
     # The slug names the account in URLs and usage events, so it stays ASCII; a name with no
     # ASCII letters (次元科技) gets a generated one, unique by its random part.
     slug = slugify(name)[:120] or f"org-{secrets.token_hex(5)}"
     if not (is_buyer or is_provider):
         raise ServiceError("invalid_roles", "An account is a buyer, a provider, or both.", field="roles")
-    exists = ServiceError("account_exists", f"An account named {name!r} already exists.", field="name", status=409)
+    exists = _account_exists(name)
     try:
         with transaction.atomic():
-            if Account.objects.filter(slug=slug).exists() or Account.objects.filter(name=name).exists():
+            if _account_name_taken(name, slug):
                 raise exists
             account = Account.objects.create(name=name, slug=slug, is_buyer=is_buyer, is_provider=is_provider)
             if owner is not None:
@@ -81,7 +118,7 @@ def account_create(
 
 
 def account_signup(
-    *, username: str, password: str, account_name: str, is_buyer: bool, is_provider: bool
+    *, username: str, password: str, account_name: str, is_buyer: bool, is_provider: bool, email: str = ""
 ) -> tuple[AbstractBaseUser, Account]:
     """Web sign-up: a new user and the account (organization) it owns, or neither.
 
@@ -91,17 +128,24 @@ def account_signup(
     from django.contrib.auth import get_user_model
 
     User = get_user_model()
-    taken = ServiceError("username_taken", f"The username {username!r} is taken.", field="username", status=409)
+    taken = _username_taken(username)
     try:
         with transaction.atomic():
             if User.objects.filter(username__iexact=username).exists():
                 raise taken
-            user = User.objects.create_user(username=username, password=password)
+            user = User.objects.create_user(username=username, email=email, password=password)
             account = account_create(name=account_name, is_buyer=is_buyer, is_provider=is_provider, owner=user)
     except IntegrityError:
         # A concurrent sign-up took the username first (the unique index decided).
         raise taken from None
     return user, account
+
+
+def user_email_set(*, user: AbstractBaseUser, email: str) -> AbstractBaseUser:
+    """The address password-reset links go to ("" for none); validated by the caller's form."""
+    user.email = email.strip()
+    user.save(update_fields=["email"])
+    return user
 
 
 def account_get(*, ref: str) -> Account:
