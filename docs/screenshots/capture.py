@@ -39,13 +39,12 @@ from tests.smoke.embedded_trade import (  # noqa: E402 (after the path is set)
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 DEMO_PASSWORD = "ciyuan-demo-2026"
-ADMIN_TOTP_KEY = "3132333435363738393031323334353637383930"  # the demo admin's authenticator (hex)
 
 # Trading through the services, as a market would: a few crossing orders on today's
 # standard/cn-west-1 book (several prices, so the chart has a range), usage reported by the
-# provider on one contract, a deposit request waiting for staff, and the demo admin's
-# authenticator (admin needs two-factor sign-in).
-PREPARE = f"""
+# provider on one contract, a deposit request waiting for staff, an auction collecting orders,
+# and a session of the demo admin verified by an authenticator (admin needs two-factor sign-in).
+PREPARE = """
 import datetime as dt
 from decimal import Decimal
 from django.contrib.auth import get_user_model
@@ -79,11 +78,11 @@ for i, k in enumerate(steps):
 from marketplace.models import Trade
 t = Trade.objects.filter(instrument=inst, buyer=buyer).order_by("pk").first()
 if t is not None:
-    report = usage.usage_ingest(provider=seller, events=[{{
+    report = usage.usage_ingest(provider=seller, events=[{
         "event_id": "demo-0001", "buyer": buyer.slug, "contract": t.pk,
         "timestamp": timezone.now().isoformat(),
-        "usage": {{"prompt_tokens": 1800000, "completion_tokens": 400000}},
-    }}])
+        "usage": {"prompt_tokens": 1800000, "completion_tokens": 400000},
+    }])
 # Two days ahead: its day-ahead call auction is still collecting orders, whatever the hour.
 ahead = Instrument.objects.get(tier__code="frontier", region__code="cn-east-1", delivery_date=today + dt.timedelta(days=2))
 auction_open(instrument=ahead)
@@ -95,24 +94,25 @@ for account, price, lots in [(buyer, "7.60", 12), (other, "7.45", 5), (buyer, "7
 instrument_match(instrument_id=ahead.pk)
 funding.funding_deposit_request(account=other, amount=Decimal("25000.00"), reference="BANK-REF-20311")
 admin = get_user_model().objects.get(username="admin")
-TOTPDevice.objects.get_or_create(user=admin, name="demo", defaults={{"key": "{ADMIN_TOTP_KEY}", "confirmed": True}})
+device, _ = TOTPDevice.objects.get_or_create(user=admin, name="demo", defaults={"confirmed": True})
+# A session signed in with password and second factor, as admin's login leaves it.
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+from django.contrib.sessions.backends.db import SessionStore
+from django_otp import DEVICE_ID_SESSION_KEY
+session = SessionStore()
+session.update({SESSION_KEY: str(admin.pk), BACKEND_SESSION_KEY: "django.contrib.auth.backends.ModelBackend",
+                 HASH_SESSION_KEY: admin.get_session_auth_hash(), DEVICE_ID_SESSION_KEY: device.persistent_id})
+session.create()
+print("ADMIN_SESSION", session.session_key)
 print("prepared", Trade.objects.filter(instrument=inst).count(), "trades")
 """
 
 
-def totp_now(hex_key: str) -> str:
-    from django_otp.oath import totp
-
-    return f"{totp(bytes.fromhex(hex_key)):06d}"
-
-
-def login(page, base: str, username: str, *, admin: bool = False) -> None:
-    page.goto(f"{base}/admin/login/" if admin else f"{base}/login/")
+def login(page, base: str, username: str) -> None:
+    page.goto(f"{base}/login/")
     page.fill("input[name='username']", username)
     page.fill("input[name='password']", DEMO_PASSWORD)
-    if admin:
-        page.fill("input[name='otp_token']", totp_now(ADMIN_TOTP_KEY))
-    page.locator("form [type='submit']").first.click()
+    page.locator("main form [type='submit']").first.click()
     page.wait_for_load_state("networkidle")
 
 
@@ -126,7 +126,7 @@ def shoot(page, out: Path, name: str, url: str, *, full_page: bool = True, wait:
     print(f"  {name}.png  {url}")
 
 
-def capture(base: str, out: Path) -> None:
+def capture(base: str, out: Path, admin_session: str) -> None:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -150,7 +150,7 @@ def capture(base: str, out: Path) -> None:
         shoot(page, out, "password-reset", f"{base}/password-reset/")
         shoot(page, out, "api-docs", f"{base}/api/docs/", full_page=False, wait=".opblock")
         login(page, base, "agentic-labs")
-        shoot(page, out, "markets", f"{base}/")
+        shoot(page, out, "markets", f"{base}/", full_page=False)  # the board and curve; the full list is long
         shoot(page, out, "instrument", f"{base}{spot}", wait="#price-chart canvas")
         shoot(page, out, "auction", f"{base}{auction}", wait="#auction-panel")
         shoot(page, out, "orders", f"{base}/orders/")
@@ -165,7 +165,7 @@ def capture(base: str, out: Path) -> None:
         ctx, page = context(390, 844)
         login(page, base, "agentic-labs")
         shoot(page, out, "instrument-phone", f"{base}{spot}", wait="#price-chart canvas")
-        shoot(page, out, "orders-phone", f"{base}/orders/")
+        shoot(page, out, "orders-phone", f"{base}/orders/", full_page=False)  # the demo has many open orders
         ctx.close()
 
         ctx, page = context()
@@ -174,9 +174,9 @@ def capture(base: str, out: Path) -> None:
         ctx.close()
 
         ctx, page = context()
-        login(page, base, "admin", admin=True)
+        ctx.add_cookies([{"name": "sessionid", "value": admin_session, "url": base}])
         shoot(page, out, "admin-funding-queue", f"{base}/admin/metering/fundingrequest/")
-        shoot(page, out, "admin-settlement-report", f"{base}/admin/metering/settlement/report/")
+        shoot(page, out, "admin-settlement-report", f"{base}/admin/metering/settlement/report/?group_by=day", wait="#reconciliation")
         ctx.close()
         browser.close()
 
@@ -195,7 +195,9 @@ def main() -> int:
     try:
         manage(env, "migrate", "--noinput")
         manage(env, "seed_demo", "--key-file", str(tmp / "demo-api-keys.txt"))
-        print(manage(env, "shell", "-c", PREPARE).strip())
+        prepared = manage(env, "shell", "-c", PREPARE)
+        admin_session = prepared.split("ADMIN_SESSION ")[1].split()[0]
+        print(prepared.split("ADMIN_SESSION")[0].strip())
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         with open(log_path, "wb") as log:
@@ -211,7 +213,7 @@ def main() -> int:
         )  # fmt: skip
         started = time.monotonic()
         os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-        capture(base, out)
+        capture(base, out, admin_session)
         print(f"screenshots: {out} in {time.monotonic() - started:.0f}s")
         return 0
     except (SmokeFailure, subprocess.TimeoutExpired, Exception) as exc:
