@@ -39,6 +39,7 @@ from tests.smoke.embedded_trade import (  # noqa: E402 (after the path is set)
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 DEMO_PASSWORD = "ciyuan-demo-2026"
+MAX_HEIGHT = 1800  # px: a screenshot shows the top of a long page
 
 # Trading through the services, as a market would: a few crossing orders on today's
 # standard/cn-west-1 book (several prices, so the chart has a range), usage reported by the
@@ -116,13 +117,20 @@ def login(page, base: str, username: str) -> None:
     page.wait_for_load_state("networkidle")
 
 
-def shoot(page, out: Path, name: str, url: str, *, full_page: bool = True, wait: str | None = None) -> None:
+def shoot(
+    page, out: Path, name: str, url: str, *, full_page: bool = True, wait: str | None = None, max_height: int = MAX_HEIGHT
+) -> None:
     page.goto(url)
     page.wait_for_load_state("networkidle")
     if wait:
         page.wait_for_selector(wait)
     page.wait_for_timeout(600)  # charts draw after DOMContentLoaded
-    page.screenshot(path=str(out / f"{name}.png"), full_page=full_page)
+    if full_page:  # the whole page, but no taller than MAX_HEIGHT (long statements, long lists)
+        height = min(page.evaluate("document.documentElement.scrollHeight"), max_height)
+        width = page.viewport_size["width"]
+        page.screenshot(path=str(out / f"{name}.png"), full_page=True, clip={"x": 0, "y": 0, "width": width, "height": height})
+    else:
+        page.screenshot(path=str(out / f"{name}.png"))
     print(f"  {name}.png  {url}")
 
 
@@ -164,7 +172,7 @@ def capture(base: str, out: Path, admin_session: str) -> None:
 
         ctx, page = context(390, 844)
         login(page, base, "agentic-labs")
-        shoot(page, out, "instrument-phone", f"{base}{spot}", wait="#price-chart canvas")
+        shoot(page, out, "instrument-phone", f"{base}{spot}", wait="#price-chart canvas", max_height=4500)
         shoot(page, out, "orders-phone", f"{base}/orders/", full_page=False)  # the demo has many open orders
         ctx.close()
 
