@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 ADDR ?= 127.0.0.1:8000
 
-.PHONY: run test smoke install migrate seed lint mutation bench-match bench-candles bench-auction clean
+.PHONY: run test smoke screenshots install migrate seed lint mutation bench-match bench-candles bench-auction clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ test: install
 # does, in a temporary directory on a free port, and one trade through the API.
 smoke: install
 	$(BIN)/python tests/smoke/embedded_trade.py
+
+# Every page captured in Chromium from a freshly seeded exchange (runexchange in a temporary
+# directory, as `make smoke` starts it), into docs/screenshots/ (shown in the README).
+screenshots: install
+	$(BIN)/python docs/screenshots/capture.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -366,6 +366,20 @@ SETTLEMENT_GRACE_HOURS = env_int("SETTLEMENT_GRACE_HOURS", 6, minimum=0)
 USAGE_BATCH_MAX = env_int("USAGE_BATCH_MAX", 1000, minimum=1)
 # Sandbox funding (embedded demo): users may credit themselves labelled test funds. `make run`
 # turns it on; production refuses to start with it.
+# E-mail (password-reset links): printed to the console in development; set EMAIL_BACKEND and
+# Django's EMAIL_HOST/EMAIL_PORT/EMAIL_HOST_USER/EMAIL_HOST_PASSWORD/EMAIL_USE_TLS in production.
+EMAIL_BACKEND = env.str(
+    "EMAIL_BACKEND",
+    default="django.core.mail.backends.smtp.EmailBackend" if PRODUCTION else "django.core.mail.backends.console.EmailBackend",
+)
+EMAIL_HOST = env.str("EMAIL_HOST", default="localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
+EMAIL_HOST_USER = env.str("EMAIL_HOST_USER", default="")
+EMAIL_HOST_PASSWORD = env.str("EMAIL_HOST_PASSWORD", default="")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Ciyuan Exchange <no-reply@localhost>")
+PASSWORD_RESET_TIMEOUT = env_int("PASSWORD_RESET_TIMEOUT", 3 * 3600, minimum=60)  # seconds a reset link works
+
 SANDBOX_FUNDING = env_bool("SANDBOX_FUNDING", False)
 SANDBOX_CREDIT_MAX = env_decimal("SANDBOX_CREDIT_MAX", "100000.00")
 if PRODUCTION and SANDBOX_FUNDING:

@@ -21,6 +21,7 @@ from django.utils.html import format_html
 
 from marketplace import services
 from marketplace.cache_generation import CATALOG, generation_bump
+from marketplace.display import price_text
 from marketplace.models import (
     Account,
     ApiKey,
@@ -198,15 +199,15 @@ class InstrumentAdmin(CatalogAdminMixin, admin.ModelAdmin):
 
     @admin.display(description="last", ordering="book__last_price")
     def last_price(self, obj: Instrument):
-        return getattr(obj, "book", None) and obj.book.last_price
+        return price_text(obj.book.last_price) if getattr(obj, "book", None) else "–"
 
     @admin.display(description="bid")
     def best_bid(self, obj: Instrument):
-        return getattr(obj, "book", None) and obj.book.best_bid
+        return price_text(obj.book.best_bid) if getattr(obj, "book", None) else "–"
 
     @admin.display(description="ask")
     def best_ask(self, obj: Instrument):
-        return getattr(obj, "book", None) and obj.book.best_ask
+        return price_text(obj.book.best_ask) if getattr(obj, "book", None) else "–"
 
     def _set_status(self, request: HttpRequest, queryset: QuerySet[Instrument], status: str, verb: str) -> None:
         done = 0
@@ -528,7 +529,7 @@ class OrderAdmin(ReadOnlyAdmin):
         "side",
         "quantity",
         "filled_quantity",
-        "price",
+        "price_shown",
         "time_in_force",
         "hardware",
         "status",
@@ -541,6 +542,10 @@ class OrderAdmin(ReadOnlyAdmin):
     date_hierarchy = "created_at"
     show_full_result_count = False
     actions = ("cancel",)
+
+    @admin.display(description="price", ordering="price")
+    def price_shown(self, obj) -> str:
+        return price_text(obj.price)
 
     def has_cancel_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("marketplace.change_order")
@@ -587,7 +592,7 @@ class TradeAdmin(ReadOnlyAdmin):
         "seller",
         "hardware",
         "quantity",
-        "price",
+        "price_shown",
         "aggressor_side",
         "buyer_escrow",
         "executed_at",
@@ -599,6 +604,10 @@ class TradeAdmin(ReadOnlyAdmin):
     search_fields = ("=id", "buyer__slug", "seller__slug")
     date_hierarchy = "executed_at"
     show_full_result_count = False
+
+    @admin.display(description="price", ordering="price")
+    def price_shown(self, obj) -> str:
+        return price_text(obj.price)
 
     @admin.display(description="delivered tokens")
     def delivered(self, obj: Trade):

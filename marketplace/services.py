@@ -38,6 +38,7 @@ from . import order_terms
 from .cache_generation import API_KEYS, CATALOG, generation_bump
 from .catalog_cache import catalog_hardware_ids, catalog_instrument, instrument_auction_gate, instruments_with_gate
 from .db_errors import constraint_name
+from .display import price_text
 from .errors import NotFound, ServiceError
 from .market_snapshot import reference_price_get, snapshot_publish_on_commit
 from .models import (
@@ -60,23 +61,60 @@ from .models import (
 # --- accounts and keys ------------------------------------------------------------------
 
 
+def _account_exists(name: str) -> ServiceError:
+    return ServiceError("account_exists", f"An account named {name!r} already exists.", field="name", status=409)
+
+
+def _account_name_invalid(name: str) -> ServiceError | None:
+    """Why `name` (stripped) cannot name an account at all, or None."""
+    if not name:
+        return ServiceError("invalid_name", "An account needs a name.", field="name")
+    if "\x00" in name or not any(c.isalnum() for c in name):
+        return ServiceError("invalid_name", "The account name needs letters or digits.", field="name")
+    return None
+
+
+def _account_name_taken(name: str, slug: str) -> bool:
+    return Account.objects.filter(slug=slug).exists() or Account.objects.filter(name=name).exists()
+
+
+def account_signup_refusals(*, username: str, account_name: str) -> list[ServiceError]:
+    """Every reason account_signup would refuse these names, all at once, so a form can show
+    each beside its field (account_signup itself still checks, under its transaction)."""
+    from django.contrib.auth import get_user_model
+
+    found = []
+    if username and get_user_model().objects.filter(username__iexact=username).exists():
+        found.append(_username_taken(username))
+    name = (account_name or "").strip()
+    invalid = _account_name_invalid(name)
+    if invalid is not None:
+        found.append(invalid)
+    elif _account_name_taken(name, slugify(name)[:120]):
+        found.append(_account_exists(name))
+    return found
+
+
+def _username_taken(username: str) -> ServiceError:
+    return ServiceError("username_taken", f"The username {username!r} is taken.", field="username", status=409)
+
+
 def account_create(
     *, name: str, is_buyer: bool = True, is_provider: bool = False, owner: AbstractBaseUser | None = None
 ) -> Account:
     name = name.strip()
-    if not name:
-        raise ServiceError("invalid_name", "An account needs a name.", field="name")
-    if "\x00" in name or not any(c.isalnum() for c in name):
-        raise ServiceError("invalid_name", "The account name needs letters or digits.", field="name")
+    invalid = _account_name_invalid(name)
+    if invalid is not None:
+        raise invalid
     # The slug names the account in URLs and usage events, so it stays ASCII; a name with no
     # ASCII letters (次元科技) gets a generated one, unique by its random part.
     slug = slugify(name)[:120] or f"org-{secrets.token_hex(5)}"
     if not (is_buyer or is_provider):
         raise ServiceError("invalid_roles", "An account is a buyer, a provider, or both.", field="roles")
-    exists = ServiceError("account_exists", f"An account named {name!r} already exists.", field="name", status=409)
+    exists = _account_exists(name)
     try:
         with transaction.atomic():
-            if Account.objects.filter(slug=slug).exists() or Account.objects.filter(name=name).exists():
+            if _account_name_taken(name, slug):
                 raise exists
             account = Account.objects.create(name=name, slug=slug, is_buyer=is_buyer, is_provider=is_provider)
             if owner is not None:
@@ -90,7 +128,7 @@ def account_create(
 
 
 def account_signup(
-    *, username: str, password: str, account_name: str, is_buyer: bool, is_provider: bool
+    *, username: str, password: str, account_name: str, is_buyer: bool, is_provider: bool, email: str = ""
 ) -> tuple[AbstractBaseUser, Account]:
     """Web sign-up: a new user and the account (organization) it owns, or neither.
 
@@ -100,17 +138,24 @@ def account_signup(
     from django.contrib.auth import get_user_model
 
     User = get_user_model()
-    taken = ServiceError("username_taken", f"The username {username!r} is taken.", field="username", status=409)
+    taken = _username_taken(username)
     try:
         with transaction.atomic():
             if User.objects.filter(username__iexact=username).exists():
                 raise taken
-            user = User.objects.create_user(username=username, password=password)
+            user = User.objects.create_user(username=username, email=email, password=password)
             account = account_create(name=account_name, is_buyer=is_buyer, is_provider=is_provider, owner=user)
     except IntegrityError:
         # A concurrent sign-up took the username first (the unique index decided).
         raise taken from None
     return user, account
+
+
+def user_email_set(*, user: AbstractBaseUser, email: str) -> AbstractBaseUser:
+    """The address password-reset links go to ("" for none); validated by the caller's form."""
+    user.email = email.strip()
+    user.save(update_fields=["email"])
+    return user
 
 
 def account_get(*, ref: str) -> Account:
@@ -457,7 +502,7 @@ def order_place(
         if below_floor and instrument.enforce_energy_floor:
             raise ServiceError(
                 "below_energy_floor",
-                f"{price} is below the energy-cost floor for {hardware} in {instrument.region.code}; "
+                f"{price_text(price)} is below the energy-cost floor for {hardware} in {instrument.region.code}; "
                 "this instrument refuses sells below the floor.",
                 field="price",
                 status=422,
@@ -508,7 +553,7 @@ def order_place(
                         legs=[(ledger["available"], -total), (ledger["escrow"], total)],
                         key_prefix="reserve:",
                         memo_prefix="escrow for buy order #",
-                        memo_suffix=f": {quantity:,} tokens @ {price} on {instrument.symbol}",
+                        memo_suffix=f": {quantity:,} tokens @ {price_text(price)} on {instrument.symbol}",
                     )
                 else:
                     with connection.cursor() as cur:
@@ -530,7 +575,7 @@ def order_place(
                         key=f"reserve:{order.pk}",
                         kind=LedgerTransaction.Kind.ESCROW_RESERVE,
                         legs=[(ledger["available"], -total), (ledger["escrow"], total)],
-                        memo=f"escrow for buy order #{order.pk}: {quantity:,} tokens @ {price} on {instrument.symbol}",
+                        memo=f"escrow for buy order #{order.pk}: {quantity:,} tokens @ {price_text(price)} on {instrument.symbol}",
                     )
             enqueue_match_on_commit(instrument.pk)  # at once in autocommit: the order is committed
     except InsufficientFunds:

@@ -43,6 +43,7 @@ from django.db import connection, transaction
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
+from marketplace.display import price_text
 from marketplace.models import Instrument, Trade
 from marketplace.services import NotFound, ServiceError, instrument_close
 
@@ -369,7 +370,7 @@ def _settle_chunk(
                         ],
                         memo=(
                             f"settlement of contract #{t.pk} on {instrument.symbol}: delivered {a.delivered:,} of "
-                            f"{t.quantity:,} tokens @ {t.price}; charged {a.value + a.buyer_fee} incl. fee "
+                            f"{t.quantity:,} tokens @ {price_text(t.price)}; charged {a.value + a.buyer_fee} incl. fee "
                             f"{a.buyer_fee}; refund {a.refund}; provider paid {a.provider_payout}"
                         )[:255],  # the memo column's length
                     )

@@ -16,6 +16,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 
 from django.utils import timezone
 
+from marketplace.display import price_text
 from marketplace.errors import ServiceError
 from marketplace.models import Hardware, Instrument
 from metering import money
@@ -200,13 +201,13 @@ def instrument_suggested_price(
     ref, source = None, "none"
     if stats.vwap_24h is not None:
         ref, source = stats.vwap_24h, "vwap_24h"
-        reasoning.append(f"Reference: the 24h VWAP {stats.vwap_24h} over {stats.volume_24h:,} tokens traded.")
+        reasoning.append(f"Reference: the 24h VWAP {price_text(stats.vwap_24h)} over {stats.volume_24h:,} tokens traded.")
     elif stats.mid is not None:
         ref, source = stats.mid, "mid"
-        reasoning.append(f"Reference: no trades in 24h; the mid of best bid {stats.best_bid} and ask {stats.best_ask}.")
+        reasoning.append(f"Reference: no trades in 24h; the mid of best bid {price_text(stats.best_bid)} and ask {price_text(stats.best_ask)}.")
     elif stats.last_price is not None:
         ref, source = stats.last_price, "last_price"
-        reasoning.append(f"Reference: the last traded price {stats.last_price} (older than 24h).")
+        reasoning.append(f"Reference: the last traded price {price_text(stats.last_price)} (older than 24h).")
     else:
         idx = selectors.IndexValue.objects.filter(tier_id=instrument.tier_id).order_by("-day").first()
         if idx is not None:
@@ -243,14 +244,14 @@ def instrument_suggested_price(
         price = None
     if floor is not None and (price is None or price < floor):
         reasoning.append(
-            f"Raised to the energy-cost floor {floor} for {hardware} in {instrument.region.code}: below it the "
+            f"Raised to the energy-cost floor {price_text(floor)} for {hardware} in {instrument.region.code}: below it the "
             "power bill alone is not covered."
             if price is not None
-            else f"No reference; the energy-cost floor {floor} for {hardware} in {instrument.region.code}."
+            else f"No reference; the energy-cost floor {price_text(floor)} for {hardware} in {instrument.region.code}."
         )
         price = floor
     elif floor is not None:
-        reasoning.append(f"Above the energy-cost floor {floor} for {hardware} in {instrument.region.code}.")
+        reasoning.append(f"Above the energy-cost floor {price_text(floor)} for {hardware} in {instrument.region.code}.")
     if price is None:
         raise ServiceError(
             "no_price_information", "No market data, index or energy floor to suggest a price from.", status=409
@@ -261,7 +262,7 @@ def instrument_suggested_price(
     best_bid = max(bids) if bids else None
     if best_bid is not None and best_bid >= price:
         reasoning.append(
-            f"A sell at {price} would trade at once against the best bid {best_bid} that accepts {hardware}."
+            f"A sell at {price_text(price)} would trade at once against the best bid {price_text(best_bid)} that accepts {hardware}."
         )
     return SuggestedPrice(
         hardware=hardware,

@@ -4,16 +4,13 @@ from decimal import Decimal
 
 from rest_framework import serializers
 
-TWO_PLACES = Decimal("0.01")
+from marketplace import display
 
 
 def price_str(value: Decimal | None) -> str | None:
-    """A price as a decimal string: two places when exact at two, else as many as needed."""
-    if value is None:
-        return None
-    if value == value.quantize(TWO_PLACES):
-        return str(value.quantize(TWO_PLACES))
-    return format(value.normalize(), "f")
+    """A price as a decimal string, in the format the web UI shows (marketplace/display.py):
+    two places when exact at two, else as many as needed. Still exact: never rounded."""
+    return display.price_plain(value)
 
 
 class PriceField(serializers.DecimalField):

@@ -56,6 +56,9 @@ class SignupForm(forms.Form):
     )
     role = forms.ChoiceField(label="I am a", choices=ROLE_CHOICES, widget=forms.RadioSelect, initial="buyer")
     username = UsernameField(label="Username", max_length=150)
+    email = forms.EmailField(
+        label="E-mail (optional)", required=False, help_text="Where a password-reset link is sent if you forget it."
+    )
     password1 = forms.CharField(
         label="Password", strip=False, widget=forms.PasswordInput(attrs={"autocomplete": "new-password"})
     )
@@ -67,13 +70,14 @@ class SignupForm(forms.Form):
     def clean(self):
         data = super().clean()
         p1, p2 = data.get("password1"), data.get("password2")
-        if p1 and p2 and p1 != p2:
-            self.add_error("password2", "The two passwords differ.")
-        elif p1:
+        # Both checks, so a short password typed twice differently shows both problems.
+        if p1:
             try:
                 password_validation.validate_password(p1)
             except forms.ValidationError as exc:
                 self.add_error("password1", exc)
+        if p1 and p2 and p1 != p2:
+            self.add_error("password2", "The two passwords differ.")
         return data
 
     @property
@@ -177,6 +181,12 @@ class OrderForm(forms.Form):
     def token_client_order_id(self) -> str | None:
         token = (self.cleaned_data.get("form_token") or "").strip()
         return f"web-{token}" if token.isalnum() else None
+
+
+class EmailForm(forms.Form):
+    email = forms.EmailField(
+        label="E-mail", required=False, help_text="Password-reset links go here. Leave empty for none."
+    )
 
 
 class ApiKeyForm(forms.Form):

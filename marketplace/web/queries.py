@@ -578,7 +578,14 @@ def provider_floor_table(*, tier_code: str) -> list[dict[str, Any]]:
     by_hw: dict[str, dict[str, Decimal]] = defaultdict(dict)
     for r in rows:
         by_hw[r.hardware][r.region] = r.floor
-    return [{"hardware": hw, "floors": [floors.get(code) for code in regions]} for hw, floors in sorted(by_hw.items())]
+    return [
+        {
+            "hardware": hw,
+            "floors": [floors.get(code) for code in regions],
+            "cells": [(code, floors.get(code)) for code in regions],  # labelled, for stacked rows on a phone
+        }
+        for hw, floors in sorted(by_hw.items())
+    ]
 
 
 @dataclass

@@ -1,14 +1,23 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from . import funding, security_views, views
+from . import account_views, funding, security_views, views
 
 urlpatterns = [
     path("", views.markets, name="markets"),
     path("signup/", views.signup, name="signup"),
     path("login/", security_views.LoginView.as_view(), name="login"),
     path("login/verify/", security_views.login_verify, name="login_verify"),
+    path("account/", account_views.account_settings, name="account"),
     path("account/security/", security_views.security, name="security"),
+    path("password-reset/", account_views.PasswordResetView.as_view(), name="password_reset"),
+    path("password-reset/sent/", account_views.PasswordResetDoneView.as_view(), name="password_reset_done"),
+    path(
+        "password-reset/<uidb64>/<token>/",
+        account_views.PasswordResetConfirmView.as_view(),
+        name="password_reset_confirm",
+    ),
+    path("password-reset/done/", account_views.PasswordResetCompleteView.as_view(), name="password_reset_complete"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("markets/<str:symbol>/", views.instrument, name="instrument"),
     path("markets/<str:symbol>/order/", views.order_place, name="order_place"),

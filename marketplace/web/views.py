@@ -59,6 +59,15 @@ def _safe_next(request: HttpRequest, default: str) -> str:
 @require_http_methods(["GET", "POST"])
 def signup(request: HttpRequest) -> HttpResponse:
     form = SignupForm(request.POST or None)
+    if request.method == "POST":
+        form.is_valid()
+        # Every field's problem at once, the names' too (taken username, taken organization).
+        refusals = services.account_signup_refusals(
+            username=form.cleaned_data.get("username") or "",
+            account_name=form.cleaned_data.get("account_name") or "",
+        )
+        for exc in refusals:
+            add_service_error(form, exc, SignupForm.field_map)
     if request.method == "POST" and form.is_valid():
         is_buyer, is_provider = form.roles
         try:
@@ -68,6 +77,7 @@ def signup(request: HttpRequest) -> HttpResponse:
                 account_name=form.cleaned_data["account_name"],
                 is_buyer=is_buyer,
                 is_provider=is_provider,
+                email=form.cleaned_data.get("email") or "",
             )
         except ServiceError as exc:
             add_service_error(form, exc, SignupForm.field_map)

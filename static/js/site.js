@@ -168,6 +168,7 @@
   }
 
   function refresh(root) {
+    tick();  // a live swap brings the server's "22 hours, 35 minutes": count down again at once
     syncSide(root);
     drawInstrumentCharts();
     drawSeriesCharts();

@@ -38,7 +38,11 @@ pytestmark = pytest.mark.django_db
 # URL kwargs naming an object that belongs to one account: another account gets 404.
 OWNED_KWARGS = {"order_id", "key_id", "contract_id", "trade_id", "settlement_id", "event_id", "request_id"}
 # Web pages anyone may open; every other page needs a signed-in user with an account.
-PUBLIC_PAGES = {"web:markets", "web:instrument", "web:order_preview", "web:login", "web:signup"}
+PUBLIC_PAGES = {
+    "web:markets", "web:instrument", "web:order_preview", "web:login", "web:signup",
+    # a forgotten password: a signed-out user asks for a link and follows it
+    "web:password_reset", "web:password_reset_done", "web:password_reset_confirm", "web:password_reset_complete",
+}  # fmt: skip
 # A marker only the owner's data contains: another account must never see it.
 MARKER = "owner-marker-7f3a9c"
 
@@ -102,6 +106,9 @@ def fill_route(route: Route, world) -> str:
         "trade_id": world["contract"].pk,
         "key_id": world["spare_key"].pk,
         "request_id": world["funding_request"].pk,
+        # a password-reset link that is not valid: the page says so, to anyone
+        "uidb64": "MQ",
+        "token": "set-password",
     }
     missing = [k for k in route.kwargs if k not in values]
     assert not missing, f"{route}: teach test_access_matrix.fill_route a value for {missing}"

@@ -42,7 +42,7 @@ def test_the_pasted_example_is_accepted_and_the_delivery_shows_on_the_page(catal
     row = page.split(f'id="contract-{contract.pk}"')[1].split("</tr>")[0]
     billable = r.json()["results"][0]["billable_tokens"]
     assert billable > 0
-    assert f'<td class="num">{mtok(billable)}</td>' in row  # the reported Mtok of this contract
+    assert f'<td class="num" data-label="Reported Mtok">{mtok(billable)}</td>' in row  # this contract's reported Mtok
 
 
 def test_without_contracts_the_page_explains_instead(catalog, provider):

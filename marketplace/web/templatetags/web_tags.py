@@ -1,4 +1,5 @@
-"""Display filters of the web UI: tokens in Mtok, prices and money as exact decimals."""
+"""Display filters of the web UI: tokens in Mtok, prices and money as exact decimals, in the
+formats of marketplace/display.py (the API and statement memos use the same)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from decimal import Decimal
 from django import template
 from django.contrib.humanize.templatetags.humanize import intcomma
 
+from marketplace import display
 from marketplace.models import TOKENS_PER_PRICE_UNIT
 
 register = template.Library()
@@ -25,24 +27,14 @@ def mtok(tokens: int | None) -> str:
 
 @register.filter
 def price(value: Decimal | None) -> str:
-    """A price with at least two decimals, no trailing noise: 2.5000 -> 2.50, 0.1234 -> 0.1234."""
-    if value is None or value == "":
-        return "–"
-    value = Decimal(value)
-    q = value.normalize()
-    if -q.as_tuple().exponent < 2:
-        q = value.quantize(Decimal("0.01"))
-    return f"{q:f}"
+    """A price in the exchange's one format (marketplace/display.py): 2 -> 2.00, 1.9000 -> 1.90."""
+    return display.price_text(value)
 
 
 @register.filter
 def money(value: Decimal | None) -> str:
-    if value is None or value == "":
-        return "–"
-    value = Decimal(value).quantize(Decimal("0.01"))
-    sign = "-" if value < 0 else ""
-    whole, _, frac = f"{abs(value):f}".partition(".")
-    return f"{sign}{intcomma(int(whole))}.{frac}"
+    """Money: two decimals, thousands separated (marketplace/display.py)."""
+    return display.money_text(value)
 
 
 @register.filter
