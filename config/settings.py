@@ -98,6 +98,7 @@ INSTALLED_APPS = [
     "marketplace",
     "pricing",
     "metering",
+    "streams",
 ]
 
 MIDDLEWARE = [
@@ -184,6 +185,30 @@ else:
             "LOCATION": str(VAR_DIR / "cache"),
         }
     }
+
+# Live feeds (streams app, README "Live feeds"): WebSocket over ASGI (config.asgi, uvicorn).
+# With Redis the publisher sends each committed message through channels-redis ("push");
+# without it (the embedded `make run`) the publishing worker cannot reach the web process's
+# in-memory layer, so each web process relays messages from the StreamEvent table ("relay").
+ASGI_APPLICATION = "config.asgi.application"
+STREAMS_ENABLED = env_bool("STREAMS_ENABLED", True)
+STREAMS_DELIVERY = env.str("STREAMS_DELIVERY", default="push" if REDIS_URL else "relay")
+if STREAMS_DELIVERY not in ("push", "relay"):
+    raise ImproperlyConfigured(f"STREAMS_DELIVERY must be push or relay, not {STREAMS_DELIVERY!r}")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [REDIS_URL],
+                "prefix": f"ciyuan:{REDIS_KEY_PREFIX}:asgi" if REDIS_KEY_PREFIX else "ciyuan:asgi",
+                "capacity": 1000,
+                "expiry": 30,
+            },
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 1000}}}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

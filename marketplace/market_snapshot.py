@@ -27,6 +27,8 @@ from django.db import transaction
 from django.db.models import IntegerField, Subquery, Sum
 from django.utils import timezone
 
+from streams.publish import stream_market_publish
+
 from .book_depth import BookDepth, BookLevel, book_depth_aggregate
 from .cache_generation import caching_allowed
 from .models import Instrument, InstrumentBook, Trade
@@ -116,6 +118,8 @@ def snapshot_publish(*, instrument_id: int) -> MarketSnapshot:
         list(InstrumentBook.objects.select_for_update().filter(pk=instrument_id).values_list("pk"))
         snap = snapshot_build(instrument_id=instrument_id)
         cache.set(_key(instrument_id), snap, SNAPSHOT_TTL)
+        # The live feeds' messages, numbered under the same lock; sent after this commits.
+        stream_market_publish(snapshot=snap)
     return snap
 
 

@@ -184,3 +184,60 @@
   document.addEventListener("htmx:afterSettle", refreshSoon);
   document.addEventListener("htmx:oobAfterSwap", refreshSoon);
 })();
+
+/* The live feed (README "Live feeds"): an element with data-stream-channels subscribes to
+   them over /ws/v1/stream and fires "live-refresh" on itself (htmx re-renders the live parts)
+   when a message arrives, a few per second at most. While the socket is down it fires every
+   data-fallback-poll instead, and reconnects with a growing delay. */
+(function () {
+  "use strict";
+  var el = document.querySelector("[data-stream-channels]");
+  if (!el || !window.WebSocket) return;
+  var channels = el.getAttribute("data-stream-channels").split(/\s+/).filter(Boolean);
+  var pollMs = (parseFloat(el.getAttribute("data-fallback-poll")) || 2) * 1000;
+  var poller = null, socket = null, delay = 500, queued = false;
+  var lastSeq = {};
+
+  function fire() {
+    if (queued) return;
+    queued = true;
+    window.setTimeout(function () { queued = false; el.dispatchEvent(new Event("live-refresh")); }, 200);
+  }
+  function startPolling() { if (!poller) poller = window.setInterval(fire, pollMs); }
+  function stopPolling() { if (poller) { window.clearInterval(poller); poller = null; } }
+
+  function connect() {
+    var url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws/v1/stream";
+    try { socket = new WebSocket(url); } catch (e) { startPolling(); return; }
+    socket.onopen = function () {
+      delay = 500;
+      channels.forEach(function (c) { socket.send(JSON.stringify({op: "subscribe", channel: c})); });
+    };
+    socket.onmessage = function (event) {
+      var msg = JSON.parse(event.data);
+      if (!msg.channel) return;
+      if (msg.type === "snapshot") {
+        lastSeq[msg.channel] = msg.seq;
+        stopPolling();  // the feed is live: no timer
+        el.setAttribute("data-stream-state", "live");
+        fire();  // catch up on whatever changed while it was down
+        return;
+      }
+      if (lastSeq[msg.channel] !== undefined && msg.seq !== lastSeq[msg.channel] + 1) {
+        // A gap: re-subscribe for a fresh snapshot.
+        socket.send(JSON.stringify({op: "subscribe", channel: msg.channel}));
+      }
+      lastSeq[msg.channel] = msg.seq;
+      fire();
+    };
+    socket.onclose = function () {
+      el.setAttribute("data-stream-state", "polling");
+      startPolling();
+      window.setTimeout(connect, delay);
+      delay = Math.min(delay * 2, 30000);
+    };
+  }
+  startPolling();
+  el.setAttribute("data-stream-state", "polling");
+  connect();
+})();

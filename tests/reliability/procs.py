@@ -142,7 +142,9 @@ class WebServer:
         env: dict[str, str] | None = None,
         workers: int = 2,
         port: int | None = None,
+        asgi: bool = False,
     ) -> None:
+        self.asgi = asgi  # uvicorn serving config.asgi (HTTP and the live feeds' WebSocket)
         self._pick_port = port is None
         self.port = port or free_port()
         self.extra_env = env or {}
@@ -187,9 +189,16 @@ class WebServer:
     def _start_once(self) -> None:
         env = worker_env({"CONN_MAX_AGE": "60", **self.extra_env})
         with open(self.log_path, "wb") as log_file:
-            self.proc = subprocess.Popen(
+            cmd = (
+                [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1",
+                 "--port", str(self.port), "--workers", str(self.workers), "--ws", "websockets-sansio",
+                 "--timeout-graceful-shutdown", "5"]
+                if self.asgi else
                 [sys.executable, "-m", "gunicorn", "config.wsgi:application", "--bind", f"127.0.0.1:{self.port}",
-                 "--workers", str(self.workers), "--timeout", "120", "--graceful-timeout", "5"],
+                 "--workers", str(self.workers), "--timeout", "120", "--graceful-timeout", "5"]
+            )
+            self.proc = subprocess.Popen(
+                cmd,
                 cwd=BASE_DIR, env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip

@@ -19,7 +19,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, addr, concurrency, **options):
         # Checked before anything starts: a bad value would otherwise surface as one child
-        # dying (gunicorn on a bad address) after the other two had started.
+        # dying (the web server on a bad address) after the other two had started.
         host, sep, port = addr.rpartition(":")
         if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
             raise CommandError(f"--addr {addr!r} is not HOST:PORT (e.g. 127.0.0.1:8000, port 1-65535)")
@@ -34,8 +34,9 @@ class Command(BaseCommand):
                               "--concurrency", str(concurrency), "--without-gossip", "--without-mingle"], env=env),
             subprocess.Popen([py, "-m", "celery", "-A", "config", "beat", "--loglevel", "INFO",
                               "--schedule", str(settings.VAR_DIR / "celerybeat-schedule")], env=env),
-            subprocess.Popen([py, "-m", "gunicorn", "config.wsgi", "--bind", addr, "--workers", "2",
-                              "--access-logfile", "-"], env=env),
+            # ASGI: the pages and the API over HTTP, the live feeds over WebSocket (/ws/v1/stream).
+            subprocess.Popen([py, "-m", "uvicorn", "config.asgi:application", "--host", host, "--port", port,
+                              "--workers", "2", "--ws", "websockets-sansio"], env=env),
         ]
         self.stdout.write(self.style.SUCCESS(f"Ciyuan Exchange on http://{addr}/  (API docs: http://{addr}/api/docs/)"))
 

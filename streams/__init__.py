@@ -1,0 +1,1 @@
+"""Live market data and account events over WebSocket (README "Live feeds")."""
