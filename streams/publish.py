@@ -113,24 +113,26 @@ def _lock_channels(names: list[str], *, initial: dict[str, dict] | None = None) 
     return {c.name: c for c in StreamChannel.objects.select_for_update().filter(name__in=names).order_by("name")}
 
 
-def stream_market_publish(*, snapshot: Any) -> None:
+def stream_market_publish(*, snapshot: Any, open_channel: bool = False) -> None:
     """Publish what changed in the instrument's book since its previous publication.
 
     `snapshot` is the MarketSnapshot just built. The caller holds the instrument's
-    InstrumentBook row lock inside a transaction (see the module doc)."""
+    InstrumentBook row lock inside a transaction (see the module doc). A publication that has
+    nothing to say writes nothing (readers rebuild snapshots of idle instruments: on SQLite a
+    write each would serialize them); `open_channel` creates the channel even so (a subscriber)."""
     if not settings.STREAMS_ENABLED:
         return
     if not connection.in_atomic_block:
         raise RuntimeError("stream_market_publish runs inside the snapshot publisher's transaction")
     try:
         with transaction.atomic():  # a savepoint: a failure here never fails the snapshot
-            _market_publish(snapshot)
+            _market_publish(snapshot, open_channel=open_channel)
     except Exception:
         # Subscribers see the next message's gap and re-sync from a snapshot.
         log.exception("live feed of instrument %s not published", snapshot.instrument_id)
 
 
-def _market_publish(snapshot: Any) -> None:
+def _market_publish(snapshot: Any, *, open_channel: bool) -> None:
     instrument_id = snapshot.instrument_id
     now = timezone.now()
     name = market_channel(instrument_id)
@@ -141,6 +143,13 @@ def _market_publish(snapshot: Any) -> None:
     # trades, whose fills the traders' account channels must carry.
     last_trade = max((t.match_sequence for t in snapshot.trades if t.executed_at < now - NEW_CHANNEL_TRADES), default=0)
     start = {"bids": bids, "asks": asks, "trade_seq": last_trade, "orders": {}, "since": now.isoformat()}
+    if not open_channel and not StreamChannel.objects.filter(name=name).exists():
+        recent = now - max(NEW_CHANNEL_TRADES, ORDER_LOOKBACK)
+        if (
+            not any(t.executed_at >= recent for t in snapshot.trades)
+            and not Order.objects.filter(instrument_id=instrument_id, updated_at__gte=recent).exists()
+        ):
+            return  # idle, and nobody subscribed yet: nothing to number
     channel = _lock_channels([name], initial={name: start})[name]
     state = channel.state or start
     market: list[tuple[str, dict]] = []
@@ -233,6 +242,8 @@ def _market_publish(snapshot: Any) -> None:
         for account_id in private:
             private[account_id].append(("balance", {"balances": balances.get(account_id, {})}))
 
+    if not market and not private:
+        return  # nothing changed: no write (the next publication compares from here again)
     events = _append(channel, market, now)
     accounts = _lock_channels([account_channel(a) for a in private])
     for account_id, messages in private.items():

@@ -7,13 +7,13 @@ from typing import Any
 from django.db import transaction
 
 from marketplace.errors import ServiceError
-from marketplace.market_snapshot import snapshot_publish
-from marketplace.models import LIVE_STATUSES, Account, ApiKey, Instrument, Order
+from marketplace.market_snapshot import snapshot_build
+from marketplace.models import LIVE_STATUSES, Account, ApiKey, Instrument, InstrumentBook, Order
 from marketplace.services import api_key_authenticate, instrument_get
 from metering.models import LedgerAccount
 
 from .models import StreamChannel, StreamEvent
-from .publish import BALANCE_KINDS, account_channel, market_channel, money_str, price_str
+from .publish import BALANCE_KINDS, account_channel, market_channel, money_str, price_str, stream_market_publish
 
 
 def stream_key_account(*, raw: str) -> Account | None:
@@ -48,7 +48,9 @@ def stream_market_snapshot(*, instrument: Instrument) -> tuple[int, dict]:
     name = market_channel(instrument.pk)
     channel = StreamChannel.objects.filter(name=name).first()
     if channel is None:
-        snapshot_publish(instrument_id=instrument.pk)  # creates the channel at the book as it is
+        with transaction.atomic():  # as the snapshot publisher does: under the book's lock
+            list(InstrumentBook.objects.select_for_update().filter(pk=instrument.pk).values_list("pk"))
+            stream_market_publish(snapshot=snapshot_build(instrument_id=instrument.pk), open_channel=True)
         channel = StreamChannel.objects.get(name=name)
     state = channel.state
     return channel.seq, {

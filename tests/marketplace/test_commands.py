@@ -280,7 +280,7 @@ def test_runexchange_serves_on_its_address_and_stops_with_its_children_on_sigter
         assert page.status_code == 200 and "<html" in page.text.lower()
         children = psutil.Process(proc.pid).children(recursive=True)
         commands = [" ".join(c.cmdline()) for c in children]
-        assert any("gunicorn" in c for c in commands) and any(" worker" in c for c in commands)
+        assert any("uvicorn" in c for c in commands) and any(" worker" in c for c in commands)
         assert any(" beat" in c for c in commands), commands
         # The runtime files went to its own VAR_DIR, not the checkout's.
         assert (tmp_path / "var" / "broker").is_dir()
