@@ -198,12 +198,13 @@ if STREAMS_DELIVERY not in ("push", "relay"):
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # Pub/sub: a group message reaches each web process once and is fanned out to its
+            # subscribers in process (the list-based layer pops once per subscriber). At most
+            # once, which the feed's gap filling from the StreamEvent table makes up for.
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
             "CONFIG": {
                 "hosts": [REDIS_URL],
                 "prefix": f"ciyuan:{REDIS_KEY_PREFIX}:asgi" if REDIS_KEY_PREFIX else "ciyuan:asgi",
-                "capacity": 1000,
-                "expiry": 30,
             },
         }
     }

@@ -143,7 +143,11 @@ class StreamConsumer(AsyncJsonWebsocketConsumer):
                 return
             for e in missing:
                 await self._send(sub, e.seq, e.type, e.data)
-        await self._send(sub, seq, event["kind"], event["data"])
+        if "text" in event and event["text"].startswith(f'{{"channel": "{sub["public"]}"'):
+            sub["seq"] = seq
+            await self.send(text_data=event["text"])  # encoded once by the publisher
+        else:
+            await self._send(sub, seq, event["kind"], event["data"])
 
     async def _send(self, sub: dict, seq: int, kind: str, data: dict) -> None:
         sub["seq"] = seq

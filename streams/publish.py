@@ -16,6 +16,7 @@ commits (with Redis); without Redis each web process relays them from the table 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from collections import defaultdict
 from decimal import Decimal
@@ -256,7 +257,8 @@ def _market_publish(snapshot: Any, *, open_channel: bool) -> None:
         c.save(update_fields=["seq", "updated_at"])
     if events:
         StreamEvent.objects.bulk_create(events)
-        transaction.on_commit(lambda: _deliver(events))
+        public = {e.channel: "account" if e.channel.startswith("account.") else f"market.{symbol()}" for e in events}
+        transaction.on_commit(lambda: _deliver(events, public))
 
 
 def _append(channel: StreamChannel, messages: list[tuple[str, dict]], now: dt.datetime) -> list[StreamEvent]:
@@ -274,12 +276,17 @@ def group_name(channel: str) -> str:
     return f"stream.{channel}"
 
 
-def event_message(event: StreamEvent) -> dict:
-    return {"type": "stream.event", "channel": event.channel, "seq": event.seq, "kind": event.type,
-            "data": event.data}  # fmt: skip
+def event_message(event: StreamEvent, public: str | None = None) -> dict:
+    """The channel layer message of an event. With the channel's public name it carries the
+    frame subscribers get, encoded once here rather than once per subscriber."""
+    message = {"type": "stream.event", "channel": event.channel, "seq": event.seq, "kind": event.type,
+               "data": event.data}  # fmt: skip
+    if public is not None:
+        message["text"] = json.dumps({"channel": public, "type": event.type, "seq": event.seq, "data": event.data})
+    return message
 
 
-def _deliver(events: list[StreamEvent]) -> None:
+def _deliver(events: list[StreamEvent], public: dict[str, str]) -> None:
     """Send committed messages to the channel layer (Redis). In the embedded setup the web
     processes relay them from the table instead (STREAMS_DELIVERY = "relay")."""
     if settings.STREAMS_DELIVERY != "push":
@@ -292,7 +299,7 @@ def _deliver(events: list[StreamEvent]) -> None:
 
         async def send_all() -> None:
             for e in events:
-                await layer.group_send(group_name(e.channel), event_message(e))
+                await layer.group_send(group_name(e.channel), event_message(e, public[e.channel]))
 
         async_to_sync(send_all)()
     except Exception:
