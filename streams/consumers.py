@@ -44,7 +44,9 @@ class StreamConsumer(AsyncJsonWebsocketConsumer):
         elif self._same_origin(headers):
             # A browser's session cookie counts only from a page of this site (a cross-site
             # page could otherwise open the socket with the visitor's cookie).
-            self.account = await database_sync_to_async(selectors.stream_user_account)(user=self.scope.get("user"))
+            self.account = await database_sync_to_async(selectors.stream_user_account)(
+                user=self.scope.get("user"), session=self.scope.get("session")
+            )
         if settings.STREAMS_DELIVERY == "relay":
             from .relay import relay_ensure
 

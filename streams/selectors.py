@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import transaction
+from django_otp import DEVICE_ID_SESSION_KEY
+from django_otp.models import Device
 
 from marketplace.errors import ServiceError
 from marketplace.market_snapshot import snapshot_build
 from marketplace.models import LIVE_STATUSES, Account, ApiKey, Instrument, InstrumentBook, Order
 from marketplace.services import api_key_authenticate, instrument_get
+from marketplace.two_factor import totp_device_confirmed
 from metering.models import LedgerAccount
 
 from .models import StreamChannel, StreamEvent
@@ -24,10 +27,17 @@ def stream_key_account(*, raw: str) -> Account | None:
     return key.account
 
 
-def stream_user_account(*, user: Any) -> Account | None:
-    """A signed-in user's account, as the web UI picks it (the first by membership age)."""
+def stream_user_account(*, user: Any, session: Any = None) -> Account | None:
+    """A signed-in user's account, as the web UI picks it (the first by membership age). A
+    user with an authenticator counts only once this session passed its code (as the pages
+    require: marketplace.web.security_views.needs_verification)."""
     if user is None or not user.is_authenticated:
         return None
+    if totp_device_confirmed(user=user) is not None:
+        device_id = session.get(DEVICE_ID_SESSION_KEY) if session is not None else None
+        device = Device.from_persistent_id(device_id) if device_id else None
+        if device is None or device.user_id != user.pk or not device.confirmed:
+            return None
     return Account.objects.filter(memberships__user=user).order_by("memberships__id").first()
 
 
