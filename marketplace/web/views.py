@@ -58,7 +58,9 @@ def _safe_next(request: HttpRequest, default: str) -> str:
 
 @require_http_methods(["GET", "POST"])
 def signup(request: HttpRequest) -> HttpResponse:
-    form = SignupForm(request.POST or None)
+    # Bound on every POST, an empty one too (`request.POST or None` left an empty POST unbound,
+    # with no cleaned_data to read below: a 500 the URL fuzz found).
+    form = SignupForm(request.POST if request.method == "POST" else None)
     if request.method == "POST":
         form.is_valid()
         # Every field's problem at once, the names' too (taken username, taken organization).
